@@ -1,0 +1,97 @@
+"""MAML (Finn, Abbeel & Levine 2017, "Model-Agnostic Meta-Learning for Fast
+Adaptation of Deep Networks"), with FOMAML, Meta-SGD and ANIL as options.
+
+Inner loop (K steps on the support set S of task i):
+    phi_0 = theta,   phi_{k+1} = phi_k - alpha * grad_phi L_S(phi_k)
+Meta-objective and its gradient (second order: differentiated through the
+inner loop, i.e. through the Hessian-vector products of every step):
+    L(theta) = mean_i L_Q_i(phi_K(theta)),   g = d L / d theta
+``first_order=True`` (FOMAML) treats grad_phi L_S as a constant, so
+g = mean_i grad_phi L_Q_i(phi_K). ``learn_inner_lr`` (Meta-SGD, Li et al. 2017)
+replaces alpha by a learned per-parameter tensor; ``anil`` (Raghu et al. 2020)
+adapts the head only.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from distmeta.algorithms.base import Algorithm, Tensors, forward, score_metrics, task_loss
+from distmeta.registry import ALGORITHMS
+
+
+def adaptable_names(params: Tensors, anil: bool) -> list:
+    names = [n for n in params if not n.startswith("meta_lr.")]
+    return [n for n in names if n.startswith("head.")] if anil else names
+
+
+def inner_adapt(model, params: Tensors, buffers: Tensors, x, y, *, kind: str, steps: int, lr: float,
+                first_order: bool, anil: bool = False, learned_lr: bool = False) -> Tensors:
+    """Return phi_K: ``steps`` SGD steps from ``params`` on (x, y), differentiable
+    w.r.t. ``params`` unless ``first_order``."""
+    names = adaptable_names(params, anil)
+    fast = {n: params[n] for n in names}
+
+    def support_loss(fast_params):
+        return task_loss(kind, forward(model, {**params, **fast_params}, buffers, x), y)
+
+    for _ in range(steps):
+        grads = torch.func.grad(support_loss)(fast)
+        if first_order:
+            grads = {n: g.detach() for n, g in grads.items()}
+        fast = {
+            n: fast[n] - (params["meta_lr." + n.replace(".", "__")] if learned_lr else lr) * grads[n]
+            for n in names
+        }
+    return {**params, **fast}
+
+
+@ALGORITHMS.register("maml")
+class MAML(Algorithm):
+    name = "maml"
+    vmappable = True
+
+    def _adapt(self, model, params, buffers, x, y, steps: int, first_order: bool) -> Tensors:
+        c = self.cfg
+        return inner_adapt(model, params, buffers, x, y, kind=self.kind, steps=steps, lr=c.inner_lr,
+                           first_order=first_order, anil=c.anil, learned_lr=c.learn_inner_lr)
+
+    def task_gradient(self, model, params, buffers, task):
+        first_order = self.cfg.first_order or self.name == "fomaml"
+
+        def meta_objective(p):
+            phi = self._adapt(model, p, buffers, task["support_x"], task["support_y"],
+                              self.cfg.inner_steps, first_order)
+            metrics = score_metrics(self.kind, forward(model, phi, buffers, task["query_x"]), task["query_y"])
+            return metrics["loss"], {k: v.detach() for k, v in metrics.items()}
+
+        return torch.func.grad(meta_objective, has_aux=True)(params)
+
+    def adapt(self, model, params, buffers, support_x, support_y, steps: Optional[int] = None):
+        steps = steps if steps is not None else (self.cfg.eval_inner_steps or self.cfg.inner_steps)
+        params = resize_head(params, int(support_y.max()) + 1) if self.kind == "classification" else params
+        with torch.enable_grad():
+            phi = self._adapt(model, params, buffers, support_x, support_y, steps, first_order=True)
+        return {k: v.detach() for k, v in phi.items()}
+
+    def predict(self, model, params, buffers, state, query_x):
+        return forward(model, state, buffers, query_x)
+
+
+def resize_head(params: Tensors, ways: int) -> Tensors:
+    """Give a classification head ``ways`` outputs. Unchanged when it already has
+    them; otherwise every row starts as the mean trained row (zero-symmetric
+    initialisation), so the inner loop alone tells the new classes apart."""
+    w, b = params.get("head.weight"), params.get("head.bias")
+    if w is None or w.shape[0] == ways:
+        return params
+    return {**params, "head.weight": w.mean(0, keepdim=True).expand(ways, -1).clone(),
+            "head.bias": b.mean().expand(ways).clone()}
+
+
+@ALGORITHMS.register("fomaml")
+class FOMAML(MAML):
+    """First-order MAML: ``maml`` with ``first_order: true``."""
+    name = "fomaml"

@@ -1,0 +1,75 @@
+"""Reptile (Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning
+Algorithms").
+
+For each task i, run k steps of SGD or Adam on its support set from theta to
+get phi_i; the outer update is
+    theta <- theta + epsilon_t * mean_i (phi_i - theta),
+with epsilon_t annealed linearly from ``epsilon`` to ``epsilon_final``. In the
+shared protocol each task returns the direction ``theta - phi_i`` and the
+learner applies plain SGD with learning rate epsilon_t, which is exactly the
+update above.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from distmeta.algorithms.base import Algorithm, Tensors, forward, score_metrics, task_loss
+from distmeta.algorithms.maml import resize_head
+from distmeta.registry import ALGORITHMS
+
+
+def inner_train(model, params: Tensors, buffers: Tensors, x, y, *, kind: str, steps: int, lr: float,
+                optimizer: str) -> Tensors:
+    """phi after ``steps`` of SGD, or Adam with betas (0, 0.999) as in the paper,
+    on (x, y); no gradient flows back to ``params``."""
+    phi = {n: p.detach() for n, p in params.items()}
+    m = {n: torch.zeros_like(p) for n, p in phi.items()}
+    v = {n: torch.zeros_like(p) for n, p in phi.items()}
+    beta2, eps = 0.999, 1e-8
+
+    def loss_fn(p):
+        return task_loss(kind, forward(model, p, buffers, x), y)
+
+    for t in range(1, steps + 1):
+        grads = torch.func.grad(loss_fn)(phi)
+        if optimizer == "adam":
+            v = {n: beta2 * v[n] + (1 - beta2) * grads[n] ** 2 for n in phi}
+            m = grads  # beta1 = 0
+            phi = {n: phi[n] - lr * m[n] / (torch.sqrt(v[n] / (1 - beta2 ** t)) + eps) for n in phi}
+        else:
+            phi = {n: phi[n] - lr * grads[n] for n in phi}
+    return phi
+
+
+@ALGORITHMS.register("reptile")
+class Reptile(Algorithm):
+    name = "reptile"
+    vmappable = True
+
+    def _train(self, model, params, buffers, x, y, steps):
+        return inner_train(model, params, buffers, x, y, kind=self.kind, steps=steps,
+                           lr=self.cfg.inner_lr, optimizer=self.cfg.inner_optimizer)
+
+    def task_gradient(self, model, params, buffers, task):
+        phi = self._train(model, params, buffers, task["support_x"], task["support_y"], self.cfg.inner_steps)
+        with torch.no_grad():
+            metrics = score_metrics(self.kind, forward(model, phi, buffers, task["query_x"]), task["query_y"])
+        return {n: params[n].detach() - phi[n] for n in params}, metrics
+
+    def adapt(self, model, params, buffers, support_x, support_y, steps: Optional[int] = None):
+        steps = steps if steps is not None else (self.cfg.eval_inner_steps or self.cfg.inner_steps)
+        params = resize_head(params, int(support_y.max()) + 1) if self.kind == "classification" else params
+        with torch.enable_grad():
+            return self._train(model, params, buffers, support_x, support_y, steps)
+
+    def predict(self, model, params, buffers, state, query_x):
+        return forward(model, state, buffers, query_x)
+
+    def outer_lr(self, base_lr: float, step: int, total_steps: int) -> float:
+        frac = min(step / max(total_steps, 1), 1.0)
+        return (1 - frac) * self.cfg.epsilon + frac * self.cfg.epsilon_final
+
+    def outer_optimizer(self, parameters, optim_cfg):
+        return torch.optim.SGD(parameters, lr=self.cfg.epsilon)

@@ -1,0 +1,103 @@
+"""Siamese networks for one-shot learning.
+
+Pairs (a, b) are drawn from an episode, balanced between same-class and
+different-class pairs. Two losses:
+
+- ``contrastive`` (Hadsell, Chopra & LeCun 2006), with d = ||f(a) - f(b)||_2 and
+  **y = 1 for a DIFFERENT-class pair, y = 0 for a same-class pair**:
+      L = (1 - y) d^2 + y max(0, m - d)^2
+  so same-class pairs are pulled together and different-class pairs pushed
+  beyond the margin m. (With the opposite labelling this formula pushes
+  same-class pairs apart; ``tests/test_algorithms.py`` guards against that.)
+- ``verification`` (Koch, Zemel & Salakhutdinov 2015): p(same) =
+  sigmoid(w . |f(a) - f(b)| + b), trained with binary cross-entropy against
+  t = 1 for a same-class pair.
+
+One-shot classification scores each query against every support example
+(-d for contrastive, the verification logit otherwise), averages per class and
+predicts the class with the highest similarity.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distmeta.algorithms.base import Algorithm, forward
+from distmeta.registry import ALGORITHMS
+
+
+def contrastive_loss(d: torch.Tensor, different: torch.Tensor, margin: float) -> torch.Tensor:
+    """mean[(1 - y) d^2 + y max(0, m - d)^2] with y = 1 for different-class pairs."""
+    y = different.to(d.dtype)
+    return ((1 - y) * d ** 2 + y * torch.clamp(margin - d, min=0) ** 2).mean()
+
+
+def balanced_pairs(labels: torch.Tensor, n_pairs: int, seed: int):
+    """``n_pairs`` index pairs (half same-class, half different-class) drawn with ``seed``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    labels = labels.cpu()
+    classes = labels.unique()
+    by_class = [torch.nonzero(labels == c).flatten() for c in classes]
+    multi = [idx for idx in by_class if len(idx) >= 2]
+    a, b = [], []
+    n_same = n_pairs // 2 if multi else 0
+    for _ in range(n_same):
+        idx = multi[int(torch.randint(len(multi), (1,), generator=gen))]
+        i, j = torch.randperm(len(idx), generator=gen)[:2]
+        a.append(int(idx[i])), b.append(int(idx[j]))
+    for _ in range(n_pairs - n_same):
+        ci, cj = torch.randperm(len(by_class), generator=gen)[:2]
+        a.append(int(by_class[ci][torch.randint(len(by_class[ci]), (1,), generator=gen)]))
+        b.append(int(by_class[cj][torch.randint(len(by_class[cj]), (1,), generator=gen)]))
+    return torch.tensor(a), torch.tensor(b)
+
+
+@ALGORITHMS.register("siamese")
+class Siamese(Algorithm):
+    name = "siamese"
+
+    def make_head(self, embedding_dim, output_dim):
+        return None
+
+    def make_extras(self, embedding_dim):
+        return {"verifier": nn.Linear(embedding_dim, 1)} if self.cfg.loss == "verification" else {}
+
+    def pair_similarity(self, params, za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+        """Similarity of embedding pairs: -distance (contrastive) or the verification logit."""
+        if self.cfg.loss == "verification":
+            return (za - zb).abs() @ params["verifier.weight"].t().squeeze(-1) + params["verifier.bias"]
+        return -torch.sqrt(((za - zb) ** 2).sum(-1) + 1e-12)
+
+    def task_gradient(self, model, params, buffers, task):
+        x = torch.cat([task["support_x"], task["query_x"]])
+        y = torch.cat([task["support_y"], task["query_y"]])
+        a, b = balanced_pairs(y, self.cfg.pairs, int(task["seed"]))
+        different = (y[a] != y[b])
+
+        def pair_loss(p):
+            z = forward(model, p, buffers, x)
+            sim = self.pair_similarity(p, z[a], z[b])
+            if self.cfg.loss == "verification":
+                loss = F.binary_cross_entropy_with_logits(sim, (~different).to(sim.dtype))
+                correct = ((sim > 0) == ~different).float().mean()
+            else:
+                d = -sim
+                loss = contrastive_loss(d, different, self.cfg.margin)
+                correct = ((d < self.cfg.margin / 2) == ~different).float().mean()
+            return loss, {"loss": loss.detach(), "pair_accuracy": correct}
+
+        return torch.func.grad(pair_loss, has_aux=True)(params)
+
+    def adapt(self, model, params, buffers, support_x, support_y, steps: Optional[int] = None):
+        return forward(model, params, buffers, support_x), support_y
+
+    def predict(self, model, params, buffers, state, query_x):
+        support_z, support_y = state
+        zq = forward(model, params, buffers, query_x)
+        sim = self.pair_similarity(params, zq[:, None, :], support_z[None, :, :])  # [Q, S]
+        ways = int(support_y.max()) + 1
+        onehot = F.one_hot(support_y, ways).to(sim.dtype)
+        return sim @ onehot / onehot.sum(0)

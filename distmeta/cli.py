@@ -1,0 +1,60 @@
+"""The ``distmeta`` command line: each subcommand lives in the module that owns it
+and registers itself through ``register(subparsers)``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+SUBCOMMAND_MODULES = [
+    "distmeta.commands",   # train, eval, validate
+    "distmeta.data.cli",   # data prepare / info
+    "distmeta.tune",       # tune
+    "distmeta.jobs",       # submit, jobs
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distmeta",
+        description="Distributed meta-learning on Ray: train, evaluate, tune and submit "
+                    "MAML, Reptile, ProtoNets, Siamese and Meta-RL experiments.")
+    from distmeta import __version__
+
+    parser.add_argument("--version", action="version", version=f"distmeta {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that part of distmeta is not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from distmeta.config import ConfigError
+    from distmeta.engine.run_dir import CheckpointError
+    from distmeta.errors import DistmetaError
+
+    try:
+        result = args.func(args)
+    except (ConfigError, CheckpointError, DistmetaError, FileNotFoundError) as exc:
+        print(f"distmeta: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distmeta: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""``MetaCore``: everything one process needs to compute meta-gradients for a
+config (datasets, task distributions, model, algorithm), and the executors that
+run a shard of a meta-batch.
+
+Contract: ``core.shard_gradient(flat_params, step, indices)`` returns
+``(flat_grad_sum, metric_sums, count)``: the sum over the tasks ``indices`` of
+meta-step ``step`` of each task's gradient (``algorithm.task_gradient``) as one
+flat tensor, the summed metrics and the number of tasks. The in-process loop and
+every Ray worker call exactly this, so results do not depend on who computes
+which shard (up to float summation order).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from distmeta.config import ExperimentConfig
+from distmeta.registry import ALGORITHMS, DATASETS, TASKS
+from distmeta.tasks.base import stack_tasks, to_torch
+
+
+def set_threads(num_cpus: Optional[float] = None) -> int:
+    """Set torch's intra-op threads from the CPUs this process owns (at least 1)."""
+    if num_cpus is None:
+        try:
+            num_cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - non-Linux
+            num_cpus = os.cpu_count() or 1
+    n = max(1, int(num_cpus))
+    torch.set_num_threads(n)
+    return n
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_executor(name: str, device: torch.device, algorithm, model: torch.nn.Module) -> str:
+    """``auto`` picks the executor that measured faster (``benchmarks/meta_step.py``):
+    vmap on GPU and for small convolution-free models (sinusoid MLP: 6.7x faster
+    on 2 CPU cores), the per-task loop for convolutional models on CPU (vmapped
+    convolutions with per-task weights are slow there; DESIGN.md)."""
+    if not algorithm.vmappable:
+        return "loop"
+    if name == "auto":
+        has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        return "vmap" if device.type == "cuda" or not has_conv else "loop"
+    return name
+
+
+def flatten(tensors: Dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
+    return torch.cat([tensors[n].reshape(-1) for n in names])
+
+
+def unflatten(flat: torch.Tensor, like: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    out, i = {}, 0
+    for name, ref in like.items():
+        out[name] = flat[i: i + ref.numel()].view_as(ref)
+        i += ref.numel()
+    return out
+
+
+def load_datasets(cfg: ExperimentConfig):
+    return DATASETS.get(cfg.data.dataset)(cfg.data)
+
+
+def meta_batch_gradient(algorithm, model, params, buffers, tasks: List[Dict[str, torch.Tensor]],
+                        executor: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """Sum over ``tasks`` of ``algorithm.task_gradient``, as a Python loop or one vmap."""
+    if executor == "vmap":
+        fn = torch.func.vmap(lambda task: algorithm.task_gradient(model, params, buffers, task),
+                             randomness="same")
+        grads, metrics = fn(stack_tasks(tasks))
+        return {k: g.sum(0) for k, g in grads.items()}, {k: m.sum(0) for k, m in metrics.items()}
+    grad_sum: Dict[str, torch.Tensor] = {}
+    metric_sum: Dict[str, torch.Tensor] = {}
+    for task in tasks:
+        grads, metrics = algorithm.task_gradient(model, params, buffers, task)
+        for k, g in grads.items():
+            grad_sum[k] = grad_sum[k] + g if k in grad_sum else g
+        for k, m in metrics.items():
+            metric_sum[k] = metric_sum[k] + m if k in metric_sum else m
+    return grad_sum, metric_sum
+
+
+class MetaCore:
+    def __init__(self, cfg: ExperimentConfig, datasets=None, device: Optional[str] = None):
+        from distmeta.models.network import build_network
+
+        self.cfg = cfg
+        self.device = resolve_device(device or cfg.engine.device)
+        self.dtype = getattr(torch, cfg.engine.dtype)
+        self.datasets = load_datasets(cfg) if datasets is None else datasets
+        self.tasks = {}
+        train = self.task_distribution("train")
+        kind = train.kind
+        self.algorithm = ALGORITHMS.get(cfg.algorithm.name)(cfg.algorithm, kind)
+        torch.manual_seed(cfg.seed)
+        self.model = build_network(cfg, train.input_shape, self.algorithm, train.output_dim).to(
+            self.device, self.dtype)
+        self.param_names = [n for n, _ in self.model.named_parameters()]
+        self.buffers = {n: b for n, b in self.model.named_buffers()}
+        self.executor = resolve_executor(cfg.algorithm.executor, self.device, self.algorithm, self.model)
+        self.fault_hook = None  # tests inject faults here: hook(step, task_position)
+
+    def task_distribution(self, split: str, **overrides):
+        """The task distribution of ``split``, optionally with other ways/shots/queries."""
+        key = (split, tuple(sorted(overrides.items())))
+        if key not in self.tasks:
+            task_cfg = dataclasses.replace(self.cfg.task, **overrides)
+            if overrides.get("ways"):
+                task_cfg = dataclasses.replace(task_cfg, train_ways=None)
+            self.tasks[key] = TASKS.get(task_cfg.kind)(task_cfg, self.datasets, split)
+        return self.tasks[key]
+
+    def initial_flat_params(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
+
+    def params_from_flat(self, flat: torch.Tensor) -> Dict[str, torch.Tensor]:
+        like = dict(self.model.named_parameters())
+        return unflatten(flat.to(self.device, self.dtype), like)
+
+    def make_tasks(self, split: str, step: int, indices: Sequence[int], **overrides):
+        dist = self.task_distribution(split, **overrides)
+        return [to_torch(t, self.dtype, self.device) for t in dist.sample_many(self.cfg.seed, split, step, indices)]
+
+    def shard_gradient(self, flat_params: torch.Tensor, step: int, indices: Sequence[int]):
+        params = self.params_from_flat(flat_params)
+        tasks = self.make_tasks("train", step, indices)
+        if self.fault_hook is not None:
+            self.fault_hook(step, indices)
+        grads, metrics = meta_batch_gradient(self.algorithm, self.model, params, self.buffers, tasks, self.executor)
+        flat = flatten({n: grads[n].detach() for n in self.param_names}, self.param_names).cpu()
+        return flat, {k: float(v) for k, v in metrics.items()}, len(indices)

@@ -1,0 +1,255 @@
+"""A run folder: resolved config, provenance, metrics (CSV + TensorBoard), plots
+and checkpoints.
+
+Contract:
+- ``RunDir.create(path, config_dict)`` writes ``config.yaml`` and
+  ``provenance.json``; ``RunDir.open(path)`` reopens an existing one.
+- ``MetricsLogger.log(step, metrics)`` appends a row to ``metrics.csv`` and
+  scalars to TensorBoard; ``plot()`` writes ``learning_curves.png``.
+- ``save_checkpoint(state, step, score)`` writes ``checkpoints/step_NNNNNNN.pt``
+  atomically (temporary file, fsync, rename), keeps the last ``keep_last`` and,
+  when ``score`` is given, the best (highest) as ``best.pt``.
+  ``load_checkpoint(path)`` uses ``torch.load(weights_only=True)``: a checkpoint
+  holds tensors and plain Python values only and never executes code.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+import yaml
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or belongs to another config."""
+
+
+def provenance() -> Dict[str, Any]:
+    import distmeta
+
+    info: Dict[str, Any] = {
+        "distmeta": distmeta.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "checkpoint_format": CHECKPOINT_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        import ray
+
+        info["ray"] = ray.__version__
+    except Exception:  # pragma: no cover - Ray absent (GPU check machines)
+        info["ray"] = None
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        info["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
+    except Exception:
+        info["git_commit"] = None
+    return info
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(file_object)`` on a temporary sibling, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.csv"
+        self.rows: List[Dict[str, Any]] = []
+        self.columns: List[str] = []
+        if self.path.exists():
+            with open(self.path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                self.columns = list(reader.fieldnames or [])
+                self.rows = [dict(r) for r in reader]
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            except Exception:  # pragma: no cover - tensorboard missing
+                self._tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows past ``step`` (used on resume, so a replayed step is not logged twice)."""
+        self.rows = [r for r in self.rows if int(float(r["step"])) <= step]
+        self._rewrite()
+
+    def log(self, step: int, metrics: Dict[str, Any]) -> None:
+        row = {"step": step, **{k: v for k, v in metrics.items() if v is not None}}
+        new = [k for k in row if k not in self.columns]
+        self.rows.append(row)
+        if new:
+            self.columns += new
+            self._rewrite()
+        else:
+            with open(self.path, "a", newline="") as fh:
+                csv.DictWriter(fh, self.columns).writerow(row)
+        if self._tb is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+
+    def _rewrite(self) -> None:
+        def write(fh):
+            import io
+
+            text = io.StringIO()
+            writer = csv.DictWriter(text, self.columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+            fh.write(text.getvalue().encode())
+
+        atomic_write_bytes(self.path, write)
+
+    def series(self, key: str):
+        xs, ys = [], []
+        for r in self.rows:
+            v = r.get(key)
+            if v not in (None, ""):
+                xs.append(int(float(r["step"])))
+                ys.append(float(v))
+        return xs, ys
+
+    def plot(self, keys: Optional[List[str]] = None, title: str = "") -> Optional[Path]:
+        """Write ``learning_curves.png``: one panel per metric (loss, accuracy, ...) against step."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        keys = keys or [c for c in self.columns if c != "step" and not c.startswith("time_")]
+        keys = [k for k in keys if len(self.series(k)[0]) > 0]
+        if not keys:
+            return None
+        cols = min(3, len(keys))
+        rows = math.ceil(len(keys) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+        for ax, key in zip(axes.flat, keys):
+            xs, ys = self.series(key)
+            ax.plot(xs, ys, marker="." if len(xs) < 30 else None)
+            ax.set_title(key)
+            ax.set_xlabel("meta-step")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(keys):]:
+            ax.axis("off")
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        out = self.path.parent / "learning_curves.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        return out
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+
+
+class RunDir:
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @classmethod
+    def create(cls, path: Union[str, Path], config: Dict[str, Any]) -> "RunDir":
+        run = cls(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        (run.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (run.path / "provenance.json").write_text(json.dumps(provenance(), indent=2))
+        return run
+
+    @classmethod
+    def open(cls, path: Union[str, Path]) -> "RunDir":
+        run = cls(path)
+        if not (run.path / "config.yaml").is_file():
+            raise CheckpointError(f"{path}: not a distmeta run folder (no config.yaml)")
+        return run
+
+    def config_dict(self) -> Dict[str, Any]:
+        return yaml.safe_load((self.path / "config.yaml").read_text())
+
+    def write_json(self, name: str, data: Dict[str, Any]) -> Path:
+        out = self.path / name
+        atomic_write_bytes(out, lambda fh: fh.write(json.dumps(data, indent=2).encode()))
+        return out
+
+    # -- checkpoints -------------------------------------------------------
+    def checkpoint_paths(self) -> List[Path]:
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(self.checkpoints.glob("step_*.pt"))
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        paths = self.checkpoint_paths()
+        return paths[-1] if paths else None
+
+    def save_checkpoint(self, state: Dict[str, Any], step: int, keep_last: int = 3,
+                        score: Optional[float] = None) -> Path:
+        state = {**state, "step": step, "format": CHECKPOINT_FORMAT}
+        path = self.checkpoints / f"step_{step:07d}.pt"
+        atomic_write_bytes(path, lambda fh: torch.save(state, fh))
+        for old in self.checkpoint_paths()[:-keep_last]:
+            old.unlink()
+        if score is not None and math.isfinite(score):
+            best_meta = self.checkpoints / "best.json"
+            best = json.loads(best_meta.read_text())["score"] if best_meta.exists() else -math.inf
+            if score >= best:
+                atomic_write_bytes(self.checkpoints / "best.pt", lambda fh: torch.save(state, fh))
+                atomic_write_bytes(best_meta, lambda fh: fh.write(json.dumps({"score": score, "step": step}).encode()))
+        return path
+
+
+def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``) or raise CheckpointError."""
+    path = Path(path)
+    if path.is_dir():
+        run = RunDir(path)
+        best = run.checkpoints / "best.pt"
+        latest = run.latest_checkpoint()
+        if latest is None and not best.exists():
+            raise CheckpointError(f"{path}: no checkpoint found in {run.checkpoints}")
+        path = latest if latest is not None else best
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable distmeta checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a distmeta checkpoint of format {CHECKPOINT_FORMAT}")
+    return state
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)

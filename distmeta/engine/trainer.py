@@ -1,0 +1,248 @@
+"""The one training loop, for every method and every executor.
+
+Each meta-step t: the engine returns the summed per-task gradients of the tasks
+``0..meta_batch-1`` of step t (computed in-process or on Ray workers), the
+learner applies their mean once, and the loop logs, validates and checkpoints.
+Checkpoints hold (parameters, optimizer state, step, RNG state, config), so a
+resumed run ends with the same parameters as an uninterrupted one; SIGINT and
+SIGTERM checkpoint at the next step boundary; a non-finite loss stops the run
+before the update, leaving the last good checkpoint in place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from distmeta.config import ExperimentConfig, from_dict, load_config
+from distmeta.engine.core import MetaCore, set_threads
+from distmeta.engine.learner import Learner
+from distmeta.engine.run_dir import CheckpointError, MetricsLogger, RunDir, load_checkpoint
+from distmeta.errors import DistmetaError
+
+log = logging.getLogger("distmeta")
+
+# Fields that may change between a checkpoint and the run resuming from it.
+RESUMABLE_FIELDS = ("name", "budget", "log_every", "optim.steps", "engine", "eval", "checkpoint",
+                    "data.root", "data.store", "data.download", "data.base_url", "tune")
+
+
+@dataclass
+class RunResult:
+    path: Path
+    step: int
+    metrics: Dict[str, Any]
+    status: str = "finished"   # finished | interrupted
+
+
+def as_config(config: Union[ExperimentConfig, Dict[str, Any], str, Path]) -> ExperimentConfig:
+    if isinstance(config, ExperimentConfig):
+        return config
+    if isinstance(config, dict):
+        return from_dict(config)
+    return load_config(config)
+
+
+def _flat_items(d: Dict[str, Any], prefix: str = ""):
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _flat_items(v, key + ".")
+        else:
+            yield key, v
+
+
+def check_compatible(saved: Dict[str, Any], current: Dict[str, Any]) -> None:
+    """Raise CheckpointError naming the first field that makes a checkpoint
+    belong to another experiment."""
+    a, b = dict(_flat_items(saved)), dict(_flat_items(current))
+    for key in sorted(set(a) | set(b)):
+        if any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS):
+            continue
+        if a.get(key) != b.get(key):
+            raise CheckpointError(f"checkpoint is from another config: {key} is {a.get(key)!r} there, "
+                                  f"{b.get(key)!r} here")
+
+
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a request to checkpoint and stop at the next step boundary."""
+
+    def __init__(self):
+        self.requested: Optional[str] = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        print(f"\ndistmeta: {self.requested} received; checkpointing at the next step boundary", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def default_run_dir(cfg: ExperimentConfig) -> Path:
+    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _resolve_resume(resume, out, config) -> tuple:
+    """Return (run folder, config, checkpoint state or None)."""
+    if resume in (None, False, ""):
+        return out, config, None
+    if resume == "auto":
+        if out is None:
+            raise DistmetaError("--resume auto needs --out RUN_DIR (the folder a retried job writes to)")
+        resume = out if RunDir(out).latest_checkpoint() is not None else None
+        if resume is None:
+            return out, config, None
+    run = RunDir.open(resume)
+    ckpt = run.latest_checkpoint()
+    if ckpt is None:
+        raise CheckpointError(f"{resume}: no checkpoint to resume from")
+    return Path(resume), (config if config is not None else run.config_dict()), load_checkpoint(ckpt)
+
+
+def make_engine(cfg: ExperimentConfig, core: MetaCore):
+    if cfg.engine.workers == 0:
+        from distmeta.engine.local import LocalEngine
+
+        return LocalEngine(core)
+    from distmeta.engine.ray_engine import RayEngine
+
+    return RayEngine(cfg, core)
+
+
+def train(config=None, out=None, steps: Optional[int] = None, resume=None, progress: Optional[bool] = None,
+          overrides: Optional[Dict[str, Any]] = None, engine=None) -> RunResult:
+    out, config, state = _resolve_resume(resume, out, config)
+    if config is None:
+        raise DistmetaError("train needs a config (or --resume RUN_DIR)")
+    cfg = as_config(config)
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, steps=int(steps)))
+    if cfg.rl:
+        from distmeta.rl import train_rl
+
+        run = RunDir.open(out) if state is not None else RunDir.create(out or default_run_dir(cfg), cfg.to_dict())
+        return RunResult(run.path, -1, train_rl(cfg, run, steps=steps, resume=state is not None))
+    if state is not None:
+        check_compatible(state["config"], cfg.to_dict())
+    set_threads(cfg.engine.learner_num_cpus if cfg.engine.workers else None)
+    core = MetaCore(cfg)  # data and config problems surface here, before any actor starts
+    learner = Learner(core)
+    if state is not None:
+        learner.load_state_dict(state)
+    run = RunDir.open(out) if state is not None else RunDir.create(out or default_run_dir(cfg), cfg.to_dict())
+    if state is not None:
+        run.path.joinpath("config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
+    logger = MetricsLogger(run.path)
+    logger.truncate_after(learner.step)
+    engine = engine or make_engine(cfg, core)
+    try:
+        status = _loop(cfg, core, learner, engine, run, logger, progress)
+        metrics = finish(cfg, core, learner, run, logger) if status == "finished" else {}
+    finally:
+        engine.close()
+        logger.close()
+    return RunResult(run.path, learner.step, metrics, status)
+
+
+def _checkpoint(cfg, learner, run, score=None):
+    train = learner.core.task_distribution("train")
+    state = {**learner.state_dict(), "config": cfg.to_dict(),
+             "task_shape": {"input_shape": list(train.input_shape), "output_dim": train.output_dim,
+                            "kind": train.kind}}
+    return run.save_checkpoint(state, learner.step, keep_last=cfg.checkpoint.keep_last,
+                               score=score if cfg.checkpoint.keep_best else None)
+
+
+def _loop(cfg, core, learner, engine, run, logger, progress) -> str:
+    from distmeta.evaluation import evaluate
+    from tqdm import tqdm
+
+    total = cfg.optim.steps
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=total, initial=learner.step, disable=not show, unit="step", dynamic_ncols=True)
+    window_tasks, window_start, score = 0, time.perf_counter(), None
+    with StopFlag() as stop:
+        while learner.step < total:
+            t = learner.step
+            t0 = time.perf_counter()
+            grad_sum, metric_sums, count, timing = engine.meta_gradient(learner.flat_params(), t, cfg.optim.meta_batch)
+            metrics = {k: v / count for k, v in metric_sums.items()}
+            if not math.isfinite(metrics.get("loss", 0.0)) or not torch.isfinite(grad_sum).all():
+                last = run.latest_checkpoint()
+                raise DistmetaError(f"non-finite loss at meta-step {t} (loss={metrics.get('loss')}); "
+                                    f"stopped before applying it; last good checkpoint: {last or 'none'}")
+            learner.apply(grad_sum / count)
+            window_tasks += count
+            step_time = time.perf_counter() - t0
+            row = {**metrics, "lr": learner.learning_rate(t), "time_step_s": step_time,
+                   **{f"time_{k}_s": v for k, v in timing.items()}}
+            if learner.step % cfg.eval.every == 0 or learner.step == total:
+                val = evaluate(core, learner.flat_params(), cfg.eval.split, cfg.eval.episodes)
+                row.update({f"val_{k}": v for k, v in val.items() if k != "episodes"})
+                score = val.get("accuracy", -val.get("mse", math.inf))
+            if learner.step % cfg.log_every == 0 or learner.step == total or "val_ci95" in row:
+                now = time.perf_counter()
+                row["tasks_per_s"] = window_tasks / max(now - window_start, 1e-9)
+                window_tasks, window_start = 0, now
+                logger.log(learner.step, row)
+                line = format_progress(learner.step, total, row)
+                if show:
+                    bar.set_postfix_str(line.split(" ", 2)[-1])
+                else:
+                    print(line, flush=True)
+            bar.update(1)
+            if learner.step % cfg.checkpoint.every == 0 or learner.step == total or stop.requested:
+                _checkpoint(cfg, learner, run, score if "val_ci95" in row else None)
+            if stop.requested:
+                bar.close()
+                print(f"distmeta: stopped at step {learner.step} ({stop.requested}); resume with "
+                      f"`distmeta train --resume {run.path}`", file=sys.stderr)
+                return "interrupted"
+    bar.close()
+    return "finished"
+
+
+def format_progress(step: int, total: int, row: Dict[str, Any]) -> str:
+    parts = [f"step {step}/{total}"]
+    for key in ("loss", "accuracy", "mse", "pair_accuracy", "val_accuracy", "val_mse", "tasks_per_s"):
+        if key in row:
+            parts.append(f"{key.replace('_per_s', '/s')} {row[key]:.4g}")
+    return " ".join(parts)
+
+
+def finish(cfg, core, learner, run, logger) -> Dict[str, Any]:
+    """Final evaluation (mean and 95 % CI over ``eval.final_episodes`` held-out
+    tasks of the test split, else val), ``results.json`` and plots."""
+    from distmeta.evaluation import evaluate
+    from distmeta.plots import plot_run
+
+    split = "test" if ("test" in core.datasets or not core.datasets) else cfg.eval.split
+    final = evaluate(core, learner.flat_params(), split, cfg.eval.final_episodes)
+    final = {"split": split, "step": learner.step, **final}
+    run.write_json("results.json", final)
+    print("final " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()),
+          flush=True)
+    try:
+        plot_run(cfg, core, learner, run, logger)
+    except Exception as exc:  # plotting must never lose a finished run
+        log.warning("plotting failed: %s", exc)
+    return final

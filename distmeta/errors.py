@@ -1,0 +1,5 @@
+"""User-facing errors: each carries a one-line message naming what is wrong."""
+
+
+class DistmetaError(RuntimeError):
+    """A run cannot start or continue; the message names the cause."""
