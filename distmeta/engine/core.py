@@ -70,8 +70,9 @@ def load_datasets(cfg: ExperimentConfig):
 
 
 def meta_batch_gradient(algorithm, model, params, buffers, tasks: List[Dict[str, torch.Tensor]],
-                        executor: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
-    """Sum over ``tasks`` of ``algorithm.task_gradient``, as a Python loop or one vmap."""
+                        executor: str, on_task=None) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """Sum over ``tasks`` of ``algorithm.task_gradient``, as a Python loop or one
+    vmap. ``on_task(k)`` is called before the k-th task of the loop (fault injection)."""
     if executor == "vmap":
         fn = torch.func.vmap(lambda task: algorithm.task_gradient(model, params, buffers, task),
                              randomness="same")
@@ -79,7 +80,9 @@ def meta_batch_gradient(algorithm, model, params, buffers, tasks: List[Dict[str,
         return {k: g.sum(0) for k, g in grads.items()}, {k: m.sum(0) for k, m in metrics.items()}
     grad_sum: Dict[str, torch.Tensor] = {}
     metric_sum: Dict[str, torch.Tensor] = {}
-    for task in tasks:
+    for k, task in enumerate(tasks):
+        if on_task is not None:
+            on_task(k)
         grads, metrics = algorithm.task_gradient(model, params, buffers, task)
         for k, g in grads.items():
             grad_sum[k] = grad_sum[k] + g if k in grad_sum else g
@@ -106,7 +109,7 @@ class MetaCore:
         self.param_names = [n for n, _ in self.model.named_parameters()]
         self.buffers = {n: b for n, b in self.model.named_buffers()}
         self.executor = resolve_executor(cfg.algorithm.executor, self.device, self.algorithm, self.model)
-        self.fault_hook = None  # tests inject faults here: hook(step, task_position)
+        self.fault_hook = None  # fault injection for tests: hook(step, k) before the k-th task of a shard
 
     def task_distribution(self, split: str, **overrides):
         """The task distribution of ``split``, optionally with other ways/shots/queries."""
@@ -132,8 +135,11 @@ class MetaCore:
     def shard_gradient(self, flat_params: torch.Tensor, step: int, indices: Sequence[int]):
         params = self.params_from_flat(flat_params)
         tasks = self.make_tasks("train", step, indices)
-        if self.fault_hook is not None:
-            self.fault_hook(step, indices)
-        grads, metrics = meta_batch_gradient(self.algorithm, self.model, params, self.buffers, tasks, self.executor)
+        hook = self.fault_hook
+        on_task = (lambda k: hook(step, k)) if hook is not None else None
+        if on_task is not None and self.executor == "vmap":
+            on_task(0)
+        grads, metrics = meta_batch_gradient(self.algorithm, self.model, params, self.buffers, tasks,
+                                             self.executor, None if self.executor == "vmap" else on_task)
         flat = flatten({n: grads[n].detach() for n in self.param_names}, self.param_names).cpu()
         return flat, {k: float(v) for k, v in metrics.items()}, len(indices)

@@ -129,7 +129,9 @@ def make_engine(cfg: ExperimentConfig, core: MetaCore):
 
 
 def train(config=None, out=None, steps: Optional[int] = None, resume=None, progress: Optional[bool] = None,
-          overrides: Optional[Dict[str, Any]] = None, engine=None) -> RunResult:
+          engine_factory=None) -> RunResult:
+    """Run the training loop; ``engine_factory(cfg, core)`` may supply the executor
+    (the default is in-process for ``engine.workers: 0``, else Ray workers)."""
     out, config, state = _resolve_resume(resume, out, config)
     if config is None:
         raise DistmetaError("train needs a config (or --resume RUN_DIR)")
@@ -153,7 +155,7 @@ def train(config=None, out=None, steps: Optional[int] = None, resume=None, progr
         run.path.joinpath("config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
     logger = MetricsLogger(run.path)
     logger.truncate_after(learner.step)
-    engine = engine or make_engine(cfg, core)
+    engine = (engine_factory or make_engine)(cfg, core)
     try:
         status = _loop(cfg, core, learner, engine, run, logger, progress)
         metrics = finish(cfg, core, learner, run, logger) if status == "finished" else {}

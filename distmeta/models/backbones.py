@@ -35,7 +35,7 @@ class Conv4(nn.Module):
         super().__init__()
         blocks, c, size = [], in_channels, image_size
         for _ in range(4):
-            blocks += [nn.Conv2d(c, channels, 3, padding=1)]
+            blocks += [nn.Conv2d(c, channels, 3, padding=1, bias=not batch_norm)]  # BN cancels a bias
             blocks += [TaskBatchNorm2d(channels)] if batch_norm else []
             blocks += [nn.ReLU(), nn.MaxPool2d(2)]
             c, size = channels, size // 2

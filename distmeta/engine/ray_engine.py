@@ -1,0 +1,321 @@
+"""Meta-gradients on Ray task-worker actors, aggregated by the central learner.
+
+Protocol, per meta-step t (the same for every method):
+1. the learner puts the flat parameters into the object store once;
+2. the tasks ``0..B-1`` of step t are split into contiguous shards, one per live
+   worker; each worker returns ``(sum of its tasks' flat gradients, summed
+   metrics, task count, compute seconds)`` from ``MetaCore.shard_gradient``;
+3. the learner sums the shards in task order and applies their mean once.
+
+Fault tolerance: a shard whose worker dies (``ray.kill``, SIGKILL, a lost node)
+or does not answer within ``engine.shard_timeout_s`` (a hung worker) is re-run on
+a live worker, and the dead or slow worker is replaced when resources allow.
+Because tasks are functions of (seed, t, index), a re-run shard gives the same
+result, so no step is lost or applied twice.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from distmeta.errors import DistmetaError
+
+log = logging.getLogger("distmeta.engine")
+
+
+def probe_address(address: str, timeout: float = 3.0) -> None:
+    """Fail within seconds when ``HOST:PORT`` does not accept TCP connections
+    (``ray.init`` on a dead address can hang for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise DistmetaError(f"engine.address: {address!r} is not 'auto', 'HOST:PORT' or empty")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise DistmetaError(f"engine.address: cannot reach a Ray cluster at {address} ({exc.strerror or exc})") from None
+
+
+def connect(address: Optional[str], num_cpus: Optional[int] = None) -> bool:
+    """Connect to Ray as ``engine.address`` says; return True when this call started Ray.
+
+    Empty address: an embedded local Ray (``address="local"``, never a cluster that
+    happens to run here), except inside a submitted Ray job, where it means the
+    job's cluster. ``auto`` joins the running cluster; ``HOST:PORT`` is probed first.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: Dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    if not address:
+        if in_job:
+            ray.init(**kwargs)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        return True
+    if address != "auto" and not address.startswith("ray://"):
+        probe_address(address)
+    ray.init(address=address, **kwargs)
+    return True
+
+
+def shard_sizes(total: int, workers: int) -> List[Tuple[int, int]]:
+    """Contiguous [start, stop) shards of ``range(total)`` over ``workers``."""
+    bounds = np.cumsum([0] + [len(a) for a in np.array_split(np.arange(total), min(workers, total))])
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class TaskWorker:
+    """A stateless worker: a model copy, the task sampler and the dataset."""
+
+    def __init__(self, config: Dict[str, Any], datasets, num_cpus: float):
+        from distmeta.config import from_dict
+        from distmeta.engine.core import MetaCore, set_threads
+
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        set_threads(num_cpus)
+        self.core = MetaCore(from_dict(config), datasets=datasets)
+
+    def ready(self) -> Dict[str, Any]:
+        import ray
+
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+                "device": str(self.core.device), "threads": torch.get_num_threads()}
+
+    def compute(self, flat_params: torch.Tensor, step: int, start: int, stop: int):
+        t0 = time.perf_counter()
+        grad, metrics, count = self.core.shard_gradient(flat_params, step, range(start, stop))
+        return grad, metrics, count, time.perf_counter() - t0
+
+    def inject_fault(self, step: int, after_tasks: int, mode: str) -> None:
+        """Test hook: at meta-step ``step``, after ``after_tasks`` tasks of a shard,
+        die by ``sigkill`` (the process), ``ray_kill`` (this actor) or ``hang`` (SIGSTOP)."""
+        import signal
+
+        def hook(t, k):
+            if t == step and k == after_tasks:
+                if mode == "sigkill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                elif mode == "ray_kill":
+                    import ray
+
+                    ray.kill(ray.get_runtime_context().current_actor)
+                    time.sleep(60)
+                elif mode == "hang":
+                    os.kill(os.getpid(), signal.SIGSTOP)
+
+        self.core.fault_hook = hook
+
+
+class RayEngine:
+    def __init__(self, cfg, core, fault_plan: Optional[Dict[int, Tuple[int, int, str]]] = None):
+        import ray
+        from ray.util.placement_group import get_current_placement_group
+
+        self.cfg, self.core, e = cfg, core, cfg.engine
+        self.started_ray = connect(e.address)
+        self.restarts = 0
+        self.bytes_last_step = 0
+        self._pending: List[Tuple[Any, Any]] = []  # (actor, ready ref) replacements being placed
+        self.owned_pg = None
+        self.pg = get_current_placement_group()   # inside a Tune trial: reuse the trial's group
+        self.bundle_offset = 1 if self.pg is not None else 0  # the trial's bundle 0 is the learner
+        self.worker_resources = {"CPU": e.num_cpus, **({"GPU": e.num_gpus} if e.num_gpus else {})}
+        if self.pg is None:
+            self._check_feasible()
+            self.pg = self._create_placement_group()
+            self.owned_pg = self.pg
+        self.actor_cls = ray.remote(TaskWorker)
+        self.datasets_ref = ray.put(core.datasets)   # once: workers on a node read the arrays zero-copy
+        self.config = cfg.to_dict()
+        self.slots: Dict[int, Any] = {}              # bundle index -> live actor
+        for i in range(e.workers):
+            self.slots[i] = self._spawn(i)
+        infos = ray.get([a.ready.remote() for a in self.slots.values()])
+        nodes = len({info["node"] for info in infos})
+        log.info("distmeta: %d workers on %d node(s) (%s)", len(infos), nodes,
+                 ", ".join(f"pid {i['pid']} {i['device']}" for i in infos))
+        self.worker_info = infos
+        for slot, (step, after, mode) in (fault_plan or {}).items():
+            ray.get(self.slots[slot].inject_fault.remote(step, after, mode))
+
+    # -- resources -----------------------------------------------------------
+    def _check_feasible(self) -> None:
+        """Fail at once when no node could ever hold one worker (and no autoscaler
+        could add one); otherwise the placement group wait below applies."""
+        import ray
+
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        fits = any(all(n["Resources"].get(k, 0) >= v for k, v in self.worker_resources.items()) for n in nodes)
+        if not fits and not _autoscaler_could_fit(self.worker_resources):
+            have = ", ".join(f"{{CPU: {n['Resources'].get('CPU', 0):g}, GPU: {n['Resources'].get('GPU', 0):g}}}"
+                             for n in nodes)
+            raise DistmetaError(f"engine: no node can hold a worker needing {self.worker_resources} "
+                                f"(nodes have {have}); lower engine.num_cpus/num_gpus")
+
+    def _create_placement_group(self):
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        e = self.cfg.engine
+        pg = placement_group([dict(self.worker_resources) for _ in range(e.workers)], strategy=e.placement)
+        ready, _ = ray.wait([pg.ready()], timeout=e.placement_timeout_s)
+        if not ready:
+            remove_placement_group(pg)
+            raise DistmetaError(
+                f"engine: {e.workers} workers x {self.worker_resources} ({e.placement}) could not be placed "
+                f"within engine.placement_timeout_s={e.placement_timeout_s:g}s; cluster has "
+                f"{ray.available_resources()}")
+        return pg
+
+    def _spawn(self, slot: int):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        e = self.cfg.engine
+        strategy = PlacementGroupSchedulingStrategy(placement_group=self.pg,
+                                                    placement_group_bundle_index=slot + self.bundle_offset)
+        return self.actor_cls.options(num_cpus=e.num_cpus, num_gpus=e.num_gpus, max_restarts=0,
+                                      scheduling_strategy=strategy).remote(self.config, self.datasets_ref,
+                                                                           e.num_cpus)
+
+    # -- worker pool -------------------------------------------------------------
+    def _replace(self, slot: int, reason: str) -> None:
+        import ray
+
+        self.restarts += 1
+        if self.restarts > self.cfg.engine.max_worker_restarts:
+            raise DistmetaError(f"engine: more than engine.max_worker_restarts="
+                                f"{self.cfg.engine.max_worker_restarts} worker failures; last: {reason}")
+        actor = self.slots.pop(slot)
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:
+            pass
+        log.warning("distmeta: worker %d %s; its shard is re-run on a live worker and a replacement "
+                    "is being placed", slot, reason)
+        new = self._spawn(slot)
+        self._pending.append((slot, new, new.ready.remote()))
+
+    def _adopt_ready_replacements(self, wait: float = 0.0) -> None:
+        import ray
+
+        still = []
+        for slot, actor, ref in self._pending:
+            done, _ = ray.wait([ref], timeout=wait)
+            if done:
+                try:
+                    ray.get(ref)
+                    self.slots[slot] = actor
+                    log.warning("distmeta: replacement worker %d is up", slot)
+                    continue
+                except Exception as exc:  # the replacement died too
+                    log.warning("distmeta: replacement worker %d failed: %s", slot, exc)
+                    actor = self._spawn(slot)
+                    ref = actor.ready.remote()
+            still.append((slot, actor, ref))
+        self._pending = still
+
+    def live_workers(self) -> int:
+        return len(self.slots)
+
+    # -- one meta-step ---------------------------------------------------------------
+    def meta_gradient(self, flat_params: torch.Tensor, step: int, meta_batch: int):
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, WorkerCrashedError, ObjectLostError
+
+        t0 = time.perf_counter()
+        self._adopt_ready_replacements()
+        if not self.slots:
+            self._adopt_ready_replacements(wait=self.cfg.engine.placement_timeout_s)
+            if not self.slots:
+                raise DistmetaError("engine: no live worker and no replacement could be placed")
+        params_ref = ray.put(flat_params)
+        todo = shard_sizes(meta_batch, len(self.slots))
+        results: Dict[Tuple[int, int], Any] = {}
+        while todo:
+            slots = sorted(self.slots)
+            inflight = {}
+            for i, shard in enumerate(todo):
+                slot = slots[i % len(slots)]
+                ref = self.slots[slot].compute.remote(params_ref, step, *shard)
+                inflight[ref] = (slot, shard)
+            todo = []
+            deadline = time.monotonic() + self.cfg.engine.shard_timeout_s
+            remaining = list(inflight)
+            while remaining:
+                done, remaining = ray.wait(remaining, num_returns=1,
+                                           timeout=max(0.0, deadline - time.monotonic()))
+                if not done:  # stragglers: re-run their shards elsewhere, replace the workers
+                    for ref in remaining:
+                        slot, shard = inflight[ref]
+                        if slot in self.slots:
+                            self._replace(slot, f"did not return shard {shard} of step {step} within "
+                                                f"{self.cfg.engine.shard_timeout_s:g}s")
+                        todo.append(shard)
+                    break
+                ref = done[0]
+                slot, shard = inflight[ref]
+                try:
+                    results[shard] = ray.get(ref)
+                except (RayActorError, WorkerCrashedError, ObjectLostError) as exc:
+                    if slot in self.slots:
+                        self._replace(slot, f"died during shard {shard} of step {step} ({type(exc).__name__})")
+                    todo.append(shard)
+            if todo and not self.slots:
+                self._adopt_ready_replacements(wait=self.cfg.engine.placement_timeout_s)
+                if not self.slots:
+                    raise DistmetaError("engine: all workers lost and no replacement could be placed")
+        grad, metrics, count, compute = None, {}, 0, 0.0
+        for shard in sorted(results):
+            g, m, n, seconds = results[shard]
+            grad = g if grad is None else grad + g
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + v
+            count += n
+            compute = max(compute, seconds)
+        wall = time.perf_counter() - t0
+        self.bytes_last_step = flat_params.numel() * flat_params.element_size() + sum(
+            r[0].numel() * r[0].element_size() for r in results.values())
+        return grad, metrics, count, {"compute": compute, "overhead": max(wall - compute, 0.0)}
+
+    def close(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        if not ray.is_initialized():
+            return
+        for actor in list(self.slots.values()) + [a for _, a, _ in self._pending]:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:
+                pass
+        self.slots, self._pending = {}, []
+        if self.owned_pg is not None:
+            try:
+                remove_placement_group(self.owned_pg)
+            except Exception:
+                pass
+        if self.started_ray:
+            ray.shutdown()
+
+
+def _autoscaler_could_fit(resources: Dict[str, float]) -> bool:
+    """True when the cluster's autoscaler config has a node type that could hold ``resources``."""
+    try:
+        import ray._private.state as state
+
+        config = state.state.get_cluster_config()
+    except Exception:
+        return False
+    if config is None:
+        return False
+    return any(group.max_count != 0 and all(group.resources.get(k, 0) >= v for k, v in resources.items())
+               for group in config.node_group_configs)

@@ -1,0 +1,113 @@
+"""The RL^2 trial wrapper: K episodes of one task joined into one episode.
+
+RLlib resets a stateful RLModule's recurrent state at every episode boundary.
+RL^2 (Duan et al., 2016) needs the state to carry across the K episodes of one
+task (a *trial*) and to reset between tasks. :class:`TrialWrapper` makes a
+trial one gymnasium episode, so RLlib's reset falls exactly between trials.
+
+Observation: ``[obs, prev_action, prev_reward, sub_episode_done]`` as one flat
+float32 Box (a one-hot previous action for discrete action spaces). Inside a
+trial, when the inner episode ends, the inner env is reset on the same task and
+the observation carries ``sub_episode_done = 1``. The trial ends
+(``terminated=True``) after the K-th inner episode.
+
+Tasks: each trial draws a fresh task from the env's distribution (seeded
+stream), or from a fixed ``tasks`` list; ``set_task(task)`` pins one task for
+every later trial (what evaluation and ``env.unwrapped.call("set_task", ...)``
+use), ``set_task(None)`` unpins.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class TrialWrapper(gym.Wrapper):
+    def __init__(self, env: gym.Env, episodes_per_trial: int, tasks: Optional[Sequence[Dict[str, Any]]] = None,
+                 task_seed: int = 0):
+        super().__init__(env)
+        if episodes_per_trial < 1:
+            raise ValueError(f"episodes_per_trial: must be >= 1, got {episodes_per_trial}")
+        self.episodes_per_trial = int(episodes_per_trial)
+        self._tasks = list(tasks) if tasks else None
+        self._pinned: Optional[Dict[str, Any]] = None
+        self._task_rng = np.random.default_rng(task_seed)
+        inner_obs = env.observation_space
+        if not isinstance(inner_obs, spaces.Box):
+            raise TypeError(f"TrialWrapper: needs a Box observation space, got {inner_obs}")
+        self._obs_dim = int(np.prod(inner_obs.shape))
+        act = env.action_space
+        if isinstance(act, spaces.Discrete):
+            self._act_dim, self._discrete = int(act.n), True
+            act_lo, act_hi = np.zeros(self._act_dim), np.ones(self._act_dim)
+        elif isinstance(act, spaces.Box):
+            self._act_dim, self._discrete = int(np.prod(act.shape)), False
+            act_lo, act_hi = act.low.reshape(-1), act.high.reshape(-1)
+        else:
+            raise TypeError(f"TrialWrapper: needs a Discrete or Box action space, got {act}")
+        low = np.concatenate([inner_obs.low.reshape(-1), act_lo, [-np.inf], [0.0]]).astype(np.float32)
+        high = np.concatenate([inner_obs.high.reshape(-1), act_hi, [np.inf], [1.0]]).astype(np.float32)
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self._sub = 0
+        self._sub_return = 0.0
+        self.sub_episode_returns: List[float] = []
+
+    # -- task protocol (forwarded, with pinning) ------------------------------
+    def set_task(self, task: Optional[Dict[str, Any]]) -> None:
+        """Pin ``task`` for all later trials (None: draw tasks again). Applies at the next reset."""
+        self._pinned = dict(task) if task is not None else None
+
+    def get_task(self) -> Dict[str, Any]:
+        return self.env.unwrapped.get_task()
+
+    def sample_tasks(self, n: int, seed: int):
+        return self.env.unwrapped.sample_tasks(n, seed)
+
+    def _next_task(self) -> Dict[str, Any]:
+        if self._pinned is not None:
+            return self._pinned
+        if self._tasks:
+            return self._tasks[int(self._task_rng.integers(len(self._tasks)))]
+        return self.env.unwrapped.sample_tasks(1, int(self._task_rng.integers(2**31 - 1)))[0]
+
+    # -- gymnasium API ------------------------------------------------------
+    def _encode(self, obs, action, reward: float, done: float) -> np.ndarray:
+        if action is None:
+            a = np.zeros(self._act_dim, np.float32)
+        elif self._discrete:
+            a = np.zeros(self._act_dim, np.float32)
+            a[int(action)] = 1.0
+        else:
+            a = np.asarray(action, np.float32).reshape(-1)
+        return np.concatenate([np.asarray(obs, np.float32).reshape(-1), a,
+                               np.array([reward, done], np.float32)])
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
+        if seed is not None:
+            self._task_rng = np.random.default_rng([seed, 7])
+        task = (options or {}).get("task") or self._next_task()
+        self.env.unwrapped.set_task(task)
+        obs, info = self.env.reset(seed=seed)
+        self._sub, self._sub_return = 0, 0.0
+        self.sub_episode_returns = []
+        return self._encode(obs, None, 0.0, 0.0), {**info, "sub_episode": 0}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        reward = float(reward)
+        self._sub_return += reward
+        info = {**info, "sub_episode": self._sub}
+        if not (terminated or truncated):
+            return self._encode(obs, action, reward, 0.0), reward, False, False, info
+        self.sub_episode_returns.append(self._sub_return)
+        info["sub_episode_return"] = self._sub_return
+        self._sub += 1
+        self._sub_return = 0.0
+        if self._sub >= self.episodes_per_trial:
+            # The trial is over for good: its length is part of the task, so terminate.
+            return self._encode(obs, action, reward, 1.0), reward, True, False, info
+        obs, _ = self.env.reset()
+        return self._encode(obs, action, reward, 1.0), reward, False, False, info

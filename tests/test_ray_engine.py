@@ -1,0 +1,230 @@
+"""The Ray engine: scale-independent results, fault tolerance, clear failures."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from distmeta.config import from_dict
+from distmeta.engine.ray_engine import RayEngine, probe_address, shard_sizes
+from distmeta.engine.run_dir import load_checkpoint
+from distmeta.engine.trainer import train
+from distmeta.errors import DistmetaError
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[1]
+
+
+def omniglot_config(omniglot_dir, algorithm, workers=0, dtype="float64", **engine):
+    return from_dict({
+        "name": f"engine-{algorithm['name']}", "seed": 3,
+        "data": {"dataset": "omniglot", "preset": "minimal", "root": str(omniglot_dir), "image_size": 28},
+        "task": {"kind": "classification", "ways": 5, "shots": 1, "queries": 2},
+        "model": {"name": "conv4", "channels": 8},
+        "algorithm": algorithm,
+        "optim": {"meta_batch": 7, "steps": 5, "lr": 0.003},
+        "engine": {"workers": workers, "dtype": dtype, "shard_timeout_s": 60, **engine},
+        "eval": {"every": 1000, "episodes": 5, "final_episodes": 5},
+        "checkpoint": {"every": 1000}, "log_every": 1,
+    })
+
+
+def final_params(result):
+    return load_checkpoint(result.path)["model"]
+
+
+def assert_same_params(a, b, rtol):
+    """Relative difference of the whole parameter vector, ||a - b|| / ||a|| <= rtol
+    (element-wise checks would flag conv biases before batch norm, whose gradient
+    is pure rounding noise that Adam normalises)."""
+    va = torch.cat([a[k].reshape(-1) for k in a]).double()
+    vb = torch.cat([b[k].reshape(-1) for k in a]).double()
+    assert float((va - vb).norm() / va.norm()) <= rtol
+
+
+def test_shards_are_contiguous_and_cover_the_meta_batch():
+    assert shard_sizes(7, 3) == [(0, 3), (3, 5), (5, 7)]
+    assert shard_sizes(7, 2) == [(0, 4), (4, 7)]
+    assert shard_sizes(2, 3) == [(0, 1), (1, 2)]
+
+
+@pytest.mark.parametrize("algorithm", [
+    {"name": "maml", "inner_steps": 1, "inner_lr": 0.4, "executor": "loop"},
+    {"name": "protonet"},
+], ids=["maml-second-order", "protonet"])
+def test_same_parameters_with_0_1_2_3_workers(ray_session, omniglot_dir, tmp_path, algorithm):
+    reference = final_params(train(omniglot_config(omniglot_dir, algorithm), out=tmp_path / "w0", progress=False))
+    for workers in (1, 2, 3):
+        result = train(omniglot_config(omniglot_dir, algorithm, workers), out=tmp_path / f"w{workers}", progress=False)
+        assert result.step == 5
+        assert_same_params(reference, final_params(result), rtol=1e-9)
+
+
+def test_float32_parameters_match_within_1e_5(ray_session, omniglot_dir, tmp_path):
+    alg = {"name": "maml", "inner_steps": 1, "inner_lr": 0.4}
+    ref = final_params(train(omniglot_config(omniglot_dir, alg, 0, "float32"), out=tmp_path / "a", progress=False))
+    got = final_params(train(omniglot_config(omniglot_dir, alg, 3, "float32"), out=tmp_path / "b", progress=False))
+    assert_same_params(ref, got, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["sigkill", "ray_kill", "hang"])
+def test_worker_lost_mid_shard_gives_the_fault_free_result(ray_session, omniglot_dir, tmp_path, mode):
+    alg = {"name": "protonet"}
+    timeout = {"shard_timeout_s": 8} if mode == "hang" else {}
+    clean = final_params(train(omniglot_config(omniglot_dir, alg, 2, **timeout), out=tmp_path / "clean",
+                               progress=False))
+    engines = []
+
+    def faulty(cfg, core):
+        # worker 1 fails after 1 of its tasks in meta-step 2
+        engines.append(RayEngine(cfg, core, fault_plan={1: (2, 1, mode)}))
+        return engines[-1]
+
+    result = train(omniglot_config(omniglot_dir, alg, 2, **timeout), out=tmp_path / "faulty", progress=False,
+                   engine_factory=faulty)
+    assert result.step == 5                       # no meta-step lost or applied twice
+    assert load_checkpoint(result.path)["learner_step"] == 5
+    assert engines[0].restarts == 1               # the failure was seen and the worker replaced
+    rows = (result.path / "metrics.csv").read_text().strip().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5]
+    assert_same_params(clean, final_params(result), rtol=1e-9)
+
+
+def test_unreachable_address_fails_within_seconds():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(DistmetaError, match="cannot reach a Ray cluster"):
+        probe_address(f"127.0.0.1:{port}", timeout=2)
+    assert time.monotonic() - t0 < 5
+    proc = subprocess.run([sys.executable, "-m", "distmeta.cli", "train", str(REPO / "experiments/sinusoid_maml.yaml"),
+                           "--workers", "1", "--address", f"127.0.0.1:{port}", "--steps", "1", "--out",
+                           "/tmp/distmeta-unreachable-run"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "cannot reach a Ray cluster at 127.0.0.1" in err[0]
+
+
+def test_resources_no_node_can_supply_fail_at_once(ray_session, omniglot_dir, tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(DistmetaError, match="no node can hold a worker"):
+        train(omniglot_config(omniglot_dir, {"name": "protonet"}, 1, num_gpus=2), out=tmp_path / "g", progress=False)
+    assert time.monotonic() - t0 < 30
+
+
+def test_resources_busy_cluster_times_out_clearly(ray_session, omniglot_dir, tmp_path):
+    cpus = int(ray_session.cluster_resources()["CPU"])
+    with pytest.raises(DistmetaError, match="could not be placed within engine.placement_timeout_s"):
+        train(omniglot_config(omniglot_dir, {"name": "protonet"}, cpus + 1, placement_timeout_s=2),
+              out=tmp_path / "busy", progress=False)
+
+
+NODE_LOSS_SCRIPT = textwrap.dedent("""
+    import logging, sys, threading, time
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+    import ray, torch
+    from ray.cluster_utils import Cluster
+    from distmeta.config import from_dict
+    from distmeta.engine.ray_engine import RayEngine
+    from distmeta.engine.run_dir import load_checkpoint
+    from distmeta.engine.trainer import train
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": {
+        "health_check_period_ms": 500, "health_check_failure_threshold": 3, "health_check_timeout_ms": 500}})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
+    ray.init(address=cluster.address)
+    cfg = from_dict({
+        "name": "node-loss", "seed": 1,
+        "data": {"dataset": "omniglot", "preset": "minimal", "root": sys.argv[1]},
+        "task": {"kind": "classification", "ways": 5, "shots": 1, "queries": 2},
+        "model": {"name": "conv4", "channels": 8}, "algorithm": {"name": "protonet"},
+        "optim": {"meta_batch": 6, "steps": 12}, "engine": {"workers": 3, "placement": "SPREAD",
+        "dtype": "float64", "shard_timeout_s": 60, "placement_timeout_s": 30},
+        "eval": {"every": 1000, "episodes": 2, "final_episodes": 2}, "checkpoint": {"every": 1000}})
+    engines = []
+    def factory(c, core):
+        engines.append(RayEngine(c, core))
+        return engines[-1]
+    removed = []
+    orig = RayEngine.meta_gradient
+    def meta_gradient(self, flat, step, batch):
+        if step == 4 and not removed:
+            victim = next(n for n in nodes if n.node_id == self.worker_info[2]["node"])
+            cluster.remove_node(victim)
+            removed.append(victim)
+            print("removed node", victim.node_id[:8], flush=True)
+        return orig(self, flat, step, batch)
+    RayEngine.meta_gradient = meta_gradient
+    result = train(cfg, out=sys.argv[2], progress=False, engine_factory=factory)
+    print("STEPS", result.step, "RESTARTS", engines[0].restarts, "LIVE", engines[0].live_workers(), flush=True)
+    RayEngine.meta_gradient = orig
+    ray.shutdown(); cluster.shutdown()
+    # the survivors' result equals an in-process run
+    ref = train(from_dict({**cfg.to_dict(), "engine": {**cfg.to_dict()["engine"], "workers": 0}}),
+                out=sys.argv[2] + "-ref", progress=False)
+    a, b = load_checkpoint(result.path)["model"], load_checkpoint(ref.path)["model"]
+    print("MAXDIFF", max(float((a[k] - b[k]).abs().max()) for k in a), flush=True)
+""")
+
+
+def test_lost_node_run_finishes_on_survivors(omniglot_dir, tmp_path):
+    """A 3-node cluster loses a worker node mid-run; the run rebalances and finishes."""
+    script = tmp_path / "node_loss.py"
+    script.write_text(NODE_LOSS_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, str(script), str(omniglot_dir), str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "removed node" in out
+    assert "died during shard" in out          # the log says what happened
+    steps = int(out.split("STEPS")[1].split()[0])
+    assert steps == 12
+    assert float(out.split("MAXDIFF")[1].split()[0]) < 1e-9
+
+
+def test_driver_killed_mid_run_resumes_to_the_same_parameters(omniglot_dir, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(textwrap.dedent(f"""
+        name: driver-kill
+        seed: 2
+        data: {{dataset: omniglot, preset: minimal, root: {omniglot_dir}}}
+        task: {{kind: classification, ways: 5, shots: 1, queries: 2}}
+        model: {{name: conv4, channels: 8}}
+        algorithm: {{name: protonet}}
+        optim: {{meta_batch: 4, steps: 12}}
+        engine: {{workers: 2, dtype: float64}}
+        eval: {{every: 1000, episodes: 2, final_episodes: 2}}
+        checkpoint: {{every: 2, keep_last: 2}}
+        log_every: 1
+    """))
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "distmeta.cli", "train", str(cfg), "--out", str(run), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    deadline = time.monotonic() + 180
+    for line in proc.stdout:
+        if line.startswith("step 3/") or time.monotonic() > deadline:
+            break
+    os.killpg(proc.pid, 9)   # the driver (and the embedded Ray it started) die without warning
+    proc.wait()
+    ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
+    assert ckpts and int(ckpts[-1].stem.split("_")[1]) < 12
+    # resumed in-process: the checkpoint does not care how many workers wrote it
+    resumed = subprocess.run(cmd[:-3] + ["--resume", str(run), "--workers", "0", "--no-progress"],
+                             capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    ref = train(from_dict({**__import__("yaml").safe_load(cfg.read_text()), "engine": {"workers": 0, "dtype": "float64"}}),
+                out=tmp_path / "ref", progress=False)
+    assert load_checkpoint(run)["learner_step"] == 12
+    assert_same_params(final_params(ref), load_checkpoint(run)["model"], rtol=1e-9)
