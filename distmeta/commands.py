@@ -84,7 +84,12 @@ def cmd_train(args) -> int:
 def cmd_validate(args) -> int:
     import yaml
 
-    cfg = from_dict(load_config_dict(args.config, args.overrides))
+    data = load_config_dict(args.config, args.overrides)
+    cfg = from_dict(data)
+    if data.get("tune"):
+        from distmeta.tune import parse_tune_section
+
+        parse_tune_section(data)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     print(f"{args.config}: valid", file=sys.stderr)
     return 0

@@ -422,9 +422,10 @@ def submit(command: Sequence[str], *, address: Optional[str] = None,
     for experiment files.
     """
     args = job_command(command, resume=resume)
-    if resume is not None and not _out_is_absolute(args):
-        print("distmeta: warning: --resume auto finds earlier checkpoints only when --out "
-              "is a path every retry sees (an absolute path on shared storage)",
+    if args[0] == "train" and not _out_is_absolute(args):
+        print("distmeta: warning: the run folder will be inside the job's temporary working "
+              "directory on the cluster; pass an absolute --out on storage the cluster keeps"
+              + (" (--resume auto can only find checkpoints there)" if resume else ""),
               file=sys.stderr)
     if working_dir is None and auto_working_dir:
         working_dir = _default_working_dir(args)

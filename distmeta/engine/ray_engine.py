@@ -67,6 +67,9 @@ def connect(address: Optional[str], num_cpus: Optional[int] = None) -> bool:
     return True
 
 
+INLINE_PARAMS_BYTES = 64 * 1024  # below Ray's 100 KiB limit for arguments inlined in the task spec
+
+
 def shard_sizes(total: int, workers: int) -> List[Tuple[int, int]]:
     """Contiguous [start, stop) shards of ``range(total)`` over ``workers``."""
     bounds = np.cumsum([0] + [len(a) for a in np.array_split(np.arange(total), min(workers, total))])
@@ -86,9 +89,12 @@ class TaskWorker:
 
     def ready(self) -> Dict[str, Any]:
         import ray
+        from ray.util.placement_group import get_current_placement_group
 
+        pg = get_current_placement_group()
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "device": str(self.core.device), "threads": torch.get_num_threads()}
+                "device": str(self.core.device), "threads": torch.get_num_threads(),
+                "pg": pg.id.hex() if pg is not None else None}
 
     def compute(self, flat_params: torch.Tensor, step: int, start: int, stop: int):
         t0 = time.perf_counter()
@@ -237,7 +243,13 @@ class RayEngine:
             self._adopt_ready_replacements(wait=self.cfg.engine.placement_timeout_s)
             if not self.slots:
                 raise DistmetaError("engine: no live worker and no replacement could be placed")
-        params_ref = ray.put(flat_params)
+        # Small parameter vectors travel inline with each task: ray.put plus a by-reference
+        # argument cost ~2-3 ms more per step than that on 2 cores (sinusoid MLP, 7 KB;
+        # benchmarks/README.md). Large ones go to the object store once, shared by all workers.
+        param_bytes = flat_params.numel() * flat_params.element_size()
+        by_value = param_bytes <= INLINE_PARAMS_BYTES
+        params_arg = flat_params if by_value else ray.put(flat_params)
+        params_sent = 0 if by_value else param_bytes
         todo = shard_sizes(meta_batch, len(self.slots))
         results: Dict[Tuple[int, int], Any] = {}
         while todo:
@@ -245,7 +257,8 @@ class RayEngine:
             inflight = {}
             for i, shard in enumerate(todo):
                 slot = slots[i % len(slots)]
-                ref = self.slots[slot].compute.remote(params_ref, step, *shard)
+                ref = self.slots[slot].compute.remote(params_arg, step, *shard)
+                params_sent += param_bytes if by_value else 0
                 inflight[ref] = (slot, shard)
             todo = []
             deadline = time.monotonic() + self.cfg.engine.shard_timeout_s
@@ -282,8 +295,7 @@ class RayEngine:
             count += n
             compute = max(compute, seconds)
         wall = time.perf_counter() - t0
-        self.bytes_last_step = flat_params.numel() * flat_params.element_size() + sum(
-            r[0].numel() * r[0].element_size() for r in results.values())
+        self.bytes_last_step = params_sent + sum(r[0].numel() * r[0].element_size() for r in results.values())
         return grad, metrics, count, {"compute": compute, "overhead": max(wall - compute, 0.0)}
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -97,6 +98,12 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+def omp_threads() -> Optional[int]:
+    """``$OMP_NUM_THREADS`` when the user set it (a shared machine), else None (all CPUs we own)."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def default_run_dir(cfg: ExperimentConfig) -> Path:
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -129,9 +136,14 @@ def make_engine(cfg: ExperimentConfig, core: MetaCore):
 
 
 def train(config=None, out=None, steps: Optional[int] = None, resume=None, progress: Optional[bool] = None,
-          engine_factory=None) -> RunResult:
-    """Run the training loop; ``engine_factory(cfg, core)`` may supply the executor
-    (the default is in-process for ``engine.workers: 0``, else Ray workers)."""
+          engine_factory=None, reporter=None, initial_state: Optional[Dict[str, Any]] = None) -> RunResult:
+    """Run the training loop.
+
+    ``engine_factory(cfg, core)`` may supply the executor (default: in-process for
+    ``engine.workers: 0``, else Ray workers). ``reporter(step, metrics, state_fn)``
+    is called after every validation (Tune reports and checkpoints there;
+    ``state_fn()`` returns the full learner state). ``initial_state`` starts from
+    such a state (a Tune checkpoint) instead of from scratch."""
     out, config, state = _resolve_resume(resume, out, config)
     if config is None:
         raise DistmetaError("train needs a config (or --resume RUN_DIR)")
@@ -145,11 +157,13 @@ def train(config=None, out=None, steps: Optional[int] = None, resume=None, progr
         return RunResult(run.path, -1, train_rl(cfg, run, steps=steps, resume=state is not None))
     if state is not None:
         check_compatible(state["config"], cfg.to_dict())
-    set_threads(cfg.engine.learner_num_cpus if cfg.engine.workers else None)
+    set_threads(cfg.engine.learner_num_cpus if cfg.engine.workers else omp_threads())
     core = MetaCore(cfg)  # data and config problems surface here, before any actor starts
+    for split in sorted({cfg.eval.split, held_out_split(cfg, core)}):
+        core.task_distribution(split)  # e.g. task.ways beyond a held-out split's classes: fail now
     learner = Learner(core)
-    if state is not None:
-        learner.load_state_dict(state)
+    if state is not None or initial_state is not None:
+        learner.load_state_dict(state if state is not None else initial_state)
     run = RunDir.open(out) if state is not None else RunDir.create(out or default_run_dir(cfg), cfg.to_dict())
     if state is not None:
         run.path.joinpath("config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
@@ -157,7 +171,7 @@ def train(config=None, out=None, steps: Optional[int] = None, resume=None, progr
     logger.truncate_after(learner.step)
     engine = (engine_factory or make_engine)(cfg, core)
     try:
-        status = _loop(cfg, core, learner, engine, run, logger, progress)
+        status = _loop(cfg, core, learner, engine, run, logger, progress, reporter)
         metrics = finish(cfg, core, learner, run, logger) if status == "finished" else {}
     finally:
         engine.close()
@@ -165,16 +179,21 @@ def train(config=None, out=None, steps: Optional[int] = None, resume=None, progr
     return RunResult(run.path, learner.step, metrics, status)
 
 
-def _checkpoint(cfg, learner, run, score=None):
+def checkpoint_state(cfg, learner) -> Dict[str, Any]:
+    """Everything a checkpoint holds: learner state, config and the task shape."""
     train = learner.core.task_distribution("train")
-    state = {**learner.state_dict(), "config": cfg.to_dict(),
-             "task_shape": {"input_shape": list(train.input_shape), "output_dim": train.output_dim,
-                            "kind": train.kind}}
+    return {**learner.state_dict(), "config": cfg.to_dict(),
+            "task_shape": {"input_shape": list(train.input_shape), "output_dim": train.output_dim,
+                           "kind": train.kind}}
+
+
+def _checkpoint(cfg, learner, run, score=None):
+    state = checkpoint_state(cfg, learner)
     return run.save_checkpoint(state, learner.step, keep_last=cfg.checkpoint.keep_last,
                                score=score if cfg.checkpoint.keep_best else None)
 
 
-def _loop(cfg, core, learner, engine, run, logger, progress) -> str:
+def _loop(cfg, core, learner, engine, run, logger, progress, reporter=None) -> str:
     from distmeta.evaluation import evaluate
     from tqdm import tqdm
 
@@ -201,6 +220,9 @@ def _loop(cfg, core, learner, engine, run, logger, progress) -> str:
                 val = evaluate(core, learner.flat_params(), cfg.eval.split, cfg.eval.episodes)
                 row.update({f"val_{k}": v for k, v in val.items() if k != "episodes"})
                 score = val.get("accuracy", -val.get("mse", math.inf))
+                if reporter is not None:
+                    reporter(learner.step, {**val, "loss": metrics.get("loss")},
+                             lambda: checkpoint_state(cfg, learner))
             if learner.step % cfg.log_every == 0 or learner.step == total or "val_ci95" in row:
                 now = time.perf_counter()
                 row["tasks_per_s"] = window_tasks / max(now - window_start, 1e-9)
@@ -231,13 +253,18 @@ def format_progress(step: int, total: int, row: Dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def held_out_split(cfg, core) -> str:
+    """The split of the final evaluation: test if the data has one, else ``eval.split``."""
+    return "test" if ("test" in core.datasets or not core.datasets) else cfg.eval.split
+
+
 def finish(cfg, core, learner, run, logger) -> Dict[str, Any]:
     """Final evaluation (mean and 95 % CI over ``eval.final_episodes`` held-out
     tasks of the test split, else val), ``results.json`` and plots."""
     from distmeta.evaluation import evaluate
     from distmeta.plots import plot_run
 
-    split = "test" if ("test" in core.datasets or not core.datasets) else cfg.eval.split
+    split = held_out_split(cfg, core)
     final = evaluate(core, learner.flat_params(), split, cfg.eval.final_episodes)
     final = {"split": split, "step": learner.step, **final}
     run.write_json("results.json", final)

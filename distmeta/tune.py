@@ -1,0 +1,363 @@
+"""``distmeta tune CONFIG``: Ray Tune searches over an experiment's fields.
+
+The ``tune:`` section of an experiment YAML::
+
+    tune:
+      space:                      # dotted config field -> one distribution
+        optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
+        algorithm.inner_steps: {choice: [1, 3, 5]}
+        optim.meta_batch: {grid: [4, 8]}
+      num_samples: 4              # repeats of the grid (or samples of the space)
+      metric: accuracy            # accuracy | mse | mean_return | loss (default by task)
+      mode: max                   # max | min (default by metric)
+      scheduler: asha             # asha | pbt | median | fifo
+      scheduler_options: {}       # passed to the scheduler (e.g. perturbation_interval)
+      search: random              # random | grid | optuna | hyperopt
+      max_concurrent: 2
+      stop: {training_iteration: 20}
+
+Each trial runs the one training loop (``distmeta.engine.trainer.train``) with its
+own task workers placed in the trial's placement group (one bundle for the
+learner plus one per worker), reports the validation metric under the name
+``distmeta eval --json`` uses, and checkpoints the complete learner state
+(parameters, optimizer, step, RNG) through Tune, so PBT's exploit restores a
+whole learner and ``distmeta tune --resume DIR`` continues an interrupted search.
+Meta-RL configs are tuned through the RLlib trainable of ``distmeta.rl``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+import yaml
+
+from distmeta.config import ConfigError, _build, apply_overrides, from_dict, load_config_dict
+from distmeta.errors import DistmetaError
+
+DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
+SCHEDULERS = ("asha", "pbt", "median", "fifo")
+SEARCHERS = ("random", "grid", "optuna", "hyperopt")
+CHECKPOINT_FILE = "learner.pt"
+
+
+@dataclass
+class TuneConfig:
+    space: Dict[str, Any] = field(default_factory=dict)
+    num_samples: int = 1
+    metric: Optional[str] = None
+    mode: Optional[str] = None
+    scheduler: str = "fifo"
+    scheduler_options: Dict[str, Any] = field(default_factory=dict)
+    search: str = "random"
+    max_concurrent: int = 0
+    stop: Dict[str, Any] = field(default_factory=dict)
+
+
+def parse_tune_section(data: Dict[str, Any]) -> TuneConfig:
+    """Validate the ``tune`` section (and that every searched field exists)."""
+    tc = _build(TuneConfig, data.get("tune") or {}, "tune")
+    if tc.scheduler not in SCHEDULERS:
+        raise ConfigError(f"tune.scheduler: {tc.scheduler!r} is not one of {list(SCHEDULERS)}")
+    if tc.search not in SEARCHERS:
+        raise ConfigError(f"tune.search: {tc.search!r} is not one of {list(SEARCHERS)}")
+    if tc.mode not in (None, "max", "min"):
+        raise ConfigError(f"tune.mode: {tc.mode!r} is not one of ['max', 'min']")
+    if tc.num_samples < 1:
+        raise ConfigError(f"tune.num_samples: must be >= 1, got {tc.num_samples}")
+    if not tc.space:
+        raise ConfigError("tune.space: give at least one field to search")
+    base = {k: v for k, v in data.items() if k != "tune"}
+    for key, spec in tc.space.items():
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+            raise ConfigError(f"tune.space.{key}: expected one of {list(DISTRIBUTIONS)} with its arguments, "
+                              f"got {spec!r}")
+        kind, args = next(iter(spec.items()))
+        if kind in ("loguniform", "uniform", "randint") and (not isinstance(args, list) or len(args) != 2):
+            raise ConfigError(f"tune.space.{key}.{kind}: expected [low, high], got {args!r}")
+        if kind in ("choice", "grid") and (not isinstance(args, list) or not args):
+            raise ConfigError(f"tune.space.{key}.{kind}: expected a non-empty list, got {args!r}")
+        sample = args[0]
+        try:  # the field exists and accepts a value of this distribution
+            from_dict(apply_overrides(copy.deepcopy(base), [f"{key}={json.dumps(sample)}"]))
+        except ConfigError as exc:
+            raise ConfigError(f"tune.space.{key}: {exc}") from None
+    if tc.search == "grid" and any(next(iter(s)) not in ("grid", "choice") for s in tc.space.values()):
+        raise ConfigError("tune.search: grid needs every tune.space entry to be grid or choice")
+    return tc
+
+
+def default_metric(cfg) -> str:
+    if cfg.rl:
+        return "mean_return"
+    return "mse" if cfg.task.kind == "sinusoid" else "accuracy"
+
+
+def param_space(tc: TuneConfig) -> Dict[str, Any]:
+    from ray import tune
+
+    out = {}
+    for key, spec in tc.space.items():
+        kind, args = next(iter(spec.items()))
+        if kind == "grid" or (kind == "choice" and tc.search == "grid"):
+            out[key] = tune.grid_search(list(args))
+        elif kind == "choice":
+            out[key] = tune.choice(list(args))
+        else:
+            out[key] = getattr(tune, kind)(*args)
+    return out
+
+
+def trial_config(base: Dict[str, Any], params: Dict[str, Any]) -> Dict[str, Any]:
+    data = copy.deepcopy(base)
+    data.pop("tune", None)
+    return apply_overrides(data, [f"{k}={json.dumps(_plain(v))}" for k, v in params.items()])
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        return v.item()
+    return v
+
+
+def placement_factory(cfg):
+    """One bundle for the learner, one per task worker, in the config's strategy."""
+    from ray.tune import PlacementGroupFactory
+
+    e = cfg.engine
+    learner = {"CPU": e.learner_num_cpus, **({"GPU": e.learner_num_gpus} if e.learner_num_gpus else {})}
+    worker = {"CPU": e.num_cpus, **({"GPU": e.num_gpus} if e.num_gpus else {})}
+    return PlacementGroupFactory([learner] + [dict(worker) for _ in range(e.workers)], strategy=e.placement)
+
+
+def supervised_trainable(params: Dict[str, Any], base: Dict[str, Any]) -> None:
+    """One Tune trial: the training loop with Tune reporting and checkpoints."""
+    from ray import tune
+
+    from distmeta.engine.trainer import train
+    from distmeta.engine.ray_engine import RayEngine
+
+    cfg = from_dict(trial_config(base, params))
+    state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    restored_step = int(state["learner_step"]) if state is not None else 0
+
+    def reporter(step, metrics, state_fn):
+        full = state_fn()
+        opt_steps = _optimizer_step(full["optimizer"])
+        report = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+        report.update(step=step, restored_step=restored_step, optimizer_steps=opt_steps, **engine_facts)
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(full, Path(d) / CHECKPOINT_FILE)
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+
+    engine_facts: Dict[str, Any] = {}
+
+    def engine_factory(c, core):
+        if c.engine.workers == 0:
+            from distmeta.engine.local import LocalEngine
+
+            return LocalEngine(core)
+        engine = RayEngine(c, core)
+        trial_pg = engine.pg.id.hex()
+        engine_facts["placement_group"] = trial_pg
+        engine_facts["workers_in_trial_group"] = float(all(i.get("pg") == trial_pg for i in engine.worker_info))
+        return engine
+
+    train(cfg, out=Path(tune.get_context().get_trial_dir()) / "run", progress=False, reporter=reporter,
+          initial_state=state, engine_factory=engine_factory)
+
+
+def _optimizer_step(opt_state: Dict[str, Any]) -> float:
+    for s in opt_state.get("state", {}).values():
+        if "step" in s:
+            return float(s["step"])
+    return 0.0
+
+
+def make_trainable(data: Dict[str, Any]):
+    """The Tune trainable of an experiment, sized by its resource request."""
+    from ray import tune
+
+    base = {k: v for k, v in data.items() if k != "tune"}
+    cfg = from_dict(base)
+    if cfg.rl:
+        from distmeta.rl import rl_tune_trainable
+
+        return rl_tune_trainable(cfg)
+    return tune.with_resources(tune.with_parameters(supervised_trainable, base=base), placement_factory(cfg))
+
+
+def build_tuner(data: Dict[str, Any], out: Optional[str] = None):
+    from ray import tune
+    from ray.tune import RunConfig, TuneConfig as RayTuneConfig
+
+    tc = parse_tune_section(data)
+    cfg = from_dict({k: v for k, v in data.items() if k != "tune"})
+    metric = tc.metric or default_metric(cfg)
+    mode = tc.mode or ("min" if metric in ("mse", "loss") else "max")
+    trainable = make_trainable(data)
+    tune_cfg = RayTuneConfig(metric=metric, mode=mode, num_samples=tc.num_samples,
+                             scheduler=make_scheduler(tc, metric, mode, param_space(tc)),
+                             search_alg=make_searcher(tc, metric, mode),
+                             max_concurrent_trials=tc.max_concurrent or None)
+    storage, name = storage_and_name(out, cfg.name)
+    run_cfg = RunConfig(name=name, storage_path=storage, stop=tc.stop or None, verbose=1,
+                        # PBT clones other trials' checkpoints: keep them all there
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if tc.scheduler == "pbt" else 2))
+    return tune.Tuner(trainable, param_space=param_space(tc), tune_config=tune_cfg, run_config=run_cfg), metric, mode
+
+
+def storage_and_name(out: Optional[str], name: str):
+    """Tune's storage path (a folder or a URI such as s3://bucket/path) and experiment name."""
+    if not out:
+        return str(Path("runs").resolve()), f"tune-{name}"
+    if "://" in out:
+        parent, _, leaf = out.rstrip("/").rpartition("/")
+        return parent, leaf
+    p = Path(out).resolve()
+    return str(p.parent), p.name
+
+
+def make_scheduler(tc: TuneConfig, metric: str, mode: str, space: Dict[str, Any]):
+    from ray.tune import schedulers
+
+    opts = dict(tc.scheduler_options)
+    if tc.scheduler == "asha":
+        return schedulers.ASHAScheduler(**{"grace_period": 1, **opts})
+    if tc.scheduler == "median":
+        return schedulers.MedianStoppingRule(**opts)
+    if tc.scheduler == "pbt":
+        mutations = {k: v for k, v in space.items() if not isinstance(v, dict)}
+        return schedulers.PopulationBasedTraining(
+            **{"time_attr": "training_iteration", "perturbation_interval": 2,
+               "hyperparam_mutations": mutations, **opts})
+    return schedulers.FIFOScheduler()
+
+
+def make_searcher(tc: TuneConfig, metric: str, mode: str):
+    if tc.search in ("random", "grid"):
+        return None  # Tune's built-in variant generation
+    try:
+        if tc.search == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            return OptunaSearch()
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        return HyperOptSearch()
+    except (ImportError, AssertionError) as exc:
+        raise DistmetaError(f"tune.search: {tc.search} needs the optional extra: "
+                            f"pip install 'distmeta[tune-search]' ({exc})") from None
+
+
+def summarize(results, metric: str, mode: str, out_dir: Path) -> Dict[str, Any]:
+    """Table of trials, best checkpoint exported as a distmeta run folder, curves plot."""
+    from distmeta.engine.run_dir import RunDir
+
+    rows = []
+    for r in results:
+        df = r.metrics_dataframe
+        values = [] if df is None or metric not in df else [v for v in df[metric].tolist() if v == v]
+        best = (max(values) if mode == "max" else min(values)) if values else float("nan")
+        rows.append({"trial": Path(r.path).name if r.path else "?", "config": r.config, "best": best,
+                     "status": "ERROR" if r.error else "TERMINATED", "df": df})
+    print(f"{'trial':<44} {'best ' + metric:>14}  status      config")
+    for row in rows:
+        print(f"{row['trial'][:44]:<44} {row['best']:>14.4f}  {row['status']:<10}  {json.dumps(row['config'])}")
+    summary: Dict[str, Any] = {"metric": metric, "mode": mode,
+                               "trials": [{k: v for k, v in r.items() if k != "df"} for r in rows]}
+    try:
+        best = results.get_best_result(metric=metric, mode=mode, scope="all")
+    except Exception:
+        best = None
+    if best is not None and best.checkpoint is not None:
+        with best.checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        export = RunDir.create(out_dir / "best", state["config"])
+        export.save_checkpoint({k: v for k, v in state.items() if k not in ("step", "format")},
+                               int(state["learner_step"]), keep_last=1)
+        summary["best"] = {"config": best.config, metric: best.metrics.get(metric), "path": str(export.path)}
+        print(f"best trial exported to {export.path} (distmeta eval {export.path})")
+    plot_trials(rows, metric, out_dir / "trials.png")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def plot_trials(rows, metric: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for row in rows:
+        df = row["df"]
+        if df is not None and metric in df and "step" in df:
+            label = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                              for k, v in row["config"].items())
+            ax.plot(df["step"], df[metric], marker=".", label=label[:60])
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def run_tune(config_path: Optional[str], overrides: List[str], out: Optional[str] = None,
+             resume: Optional[str] = None, address: Optional[str] = None) -> Dict[str, Any]:
+    from ray import tune
+
+    from distmeta.engine.ray_engine import connect
+
+    if resume:
+        meta = Path(resume) / "distmeta_tune.yaml"
+        if not meta.is_file():
+            raise DistmetaError(f"--resume {resume}: not a distmeta tune folder (no distmeta_tune.yaml)")
+        data = yaml.safe_load(meta.read_text())
+        out = resume
+    else:
+        if not config_path:
+            raise DistmetaError("tune: give a CONFIG (or --resume DIR)")
+        data = load_config_dict(config_path, overrides)
+    tuner, metric, mode = build_tuner(data, out)   # validates before Ray starts
+    started = connect(address or data.get("engine", {}).get("address"))
+    storage, name = storage_and_name(out, data.get("name", "experiment"))
+    exp_dir = Path(storage) / name if "://" not in storage else Path("runs") / name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / "distmeta_tune.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        if resume:
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=make_trainable(data), resume_unfinished=True,
+                                       resume_errored=True)
+        results = tuner.fit()
+        return summarize(results, metric, mode, exp_dir)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tune", help="run a Ray Tune search over an experiment's fields",
+                       description="Search the fields listed in the config's tune: section. Each trial runs "
+                                   "the training loop with its workers in the trial's placement group.")
+    p.add_argument("config", nargs="?", help="experiment YAML with a tune: section")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", help="search folder or storage URI (default runs/tune-<name>)")
+    p.add_argument("--resume", metavar="DIR", help="continue an interrupted search in DIR")
+    p.add_argument("--address", help="Ray cluster: 'auto', HOST:PORT, or empty for an embedded local Ray")
+    p.set_defaults(func=lambda a: 0 if run_tune(a.config, a.overrides, a.out, a.resume, a.address) else 1)

@@ -1,0 +1,126 @@
+"""Tune searches: trial placement groups, PBT restores, resume, best-checkpoint export."""
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import distmeta
+from distmeta.config import ConfigError
+from distmeta.tune import parse_tune_section, run_tune
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "name": "tune-test", "seed": 0,
+    "data": {"dataset": "none"},
+    "task": {"kind": "sinusoid", "shots": 5, "queries": 5},
+    "model": {"name": "mlp", "hidden": [16, 16]},
+    "algorithm": {"name": "maml", "inner_steps": 1, "inner_lr": 0.01},
+    "optim": {"meta_batch": 4, "steps": 8},
+    "engine": {"workers": 0, "learner_num_cpus": 0.5},
+    "eval": {"every": 2, "episodes": 4, "final_episodes": 4},
+    "checkpoint": {"every": 1000},
+    "log_every": 2,
+}
+
+
+def config(tune, **sections):
+    data = copy.deepcopy(BASE)
+    for key, value in sections.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    data["tune"] = tune
+    return data
+
+
+def write(tmp_path, data) -> str:
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def trial_frames(out: Path):
+    import pandas as pd
+
+    return [pd.read_json(p, lines=True) for p in sorted(out.glob("*/result.json")) if p.stat().st_size]
+
+
+def test_tune_section_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"tune.space.optim.nope"):
+        parse_tune_section(config({"space": {"optim.nope": {"uniform": [0, 1]}}}))
+    with pytest.raises(ConfigError, match=r"tune.scheduler"):
+        parse_tune_section(config({"space": {"optim.lr": {"uniform": [0, 1]}}, "scheduler": "hyperband9"}))
+    with pytest.raises(ConfigError, match=r"tune.space.optim.lr"):
+        parse_tune_section(config({"space": {"optim.lr": {"gaussian": [0, 1]}}}))
+
+
+def test_two_trials_place_their_workers_in_their_own_placement_groups(ray_session, tmp_path):
+    data = config({"space": {"optim.lr": {"grid": [0.001, 0.003]}}, "stop": {"training_iteration": 2},
+                   "metric": "mse", "mode": "min"},
+                  engine={"workers": 2, "num_cpus": 0.5, "learner_num_cpus": 0.5})
+    out = tmp_path / "search"
+    summary = run_tune(write(tmp_path, data), [], out=str(out))
+    frames = trial_frames(out)
+    assert len(frames) == 2
+    groups = set()
+    for df in frames:
+        assert (df["workers_in_trial_group"] == 1.0).all()
+        groups |= set(df["placement_group"])
+    assert len(groups) == 2                     # one group per trial, none shared
+    assert (out / "trials.png").is_file() and (out / "summary.json").is_file()
+    # the best checkpoint is a distmeta run folder
+    model = distmeta.load(summary["best"]["path"])
+    import torch
+
+    x = torch.linspace(-5, 5, 5)[:, None]
+    assert model.adapt(x, torch.sin(x)).predict(x).shape == (5, 1)
+
+
+def test_pbt_exploit_restores_step_and_optimizer_state(ray_session, tmp_path):
+    data = config({"space": {"optim.lr": {"grid": [1.0e-4, 3.0e-3]}, "algorithm.inner_lr": {"choice": [0.005, 0.01]}},
+                   "scheduler": "pbt",
+                   "scheduler_options": {"perturbation_interval": 1, "quantile_fraction": 0.5,
+                                         "resample_probability": 1.0},
+                   "stop": {"training_iteration": 4}, "metric": "mse", "mode": "min", "max_concurrent": 2},
+                  optim={"steps": 8})
+    out = tmp_path / "pbt"
+    run_tune(write(tmp_path, data), [], out=str(out))
+    frames = trial_frames(out)
+    restored = [df for df in frames if (df["restored_step"] > 0).any()]
+    assert restored, "PBT never exploited"
+    for df in frames:
+        # the optimizer's own step count always equals the learner's: a restore brought both
+        assert (df["optimizer_steps"] == df["step"]).all()
+        assert df["step"].is_monotonic_increasing or (df["restored_step"] > 0).any()
+
+
+def test_interrupted_search_resumes(tmp_path):
+    data = config({"space": {"optim.lr": {"grid": [0.001, 0.002]}}, "metric": "mse", "mode": "min",
+                   "max_concurrent": 1}, optim={"steps": 200}, eval={"every": 10, "episodes": 4, "final_episodes": 4})
+    cfg = write(tmp_path, data)
+    out = tmp_path / "resumable"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "distmeta.cli", "tune", cfg, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list(out.glob("*/checkpoint_00000[2-9]")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(out.glob("*/checkpoint_*")), "the search never checkpointed"
+    resumed = subprocess.run([sys.executable, "-m", "distmeta.cli", "tune", "--resume", str(out)],
+                             capture_output=True, text=True, env=env, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    frames = trial_frames(out)
+    assert len(frames) == 2
+    assert all(df["step"].max() == 200 for df in frames)
+    assert any((df["restored_step"] > 0).any() for df in frames)   # continued, not restarted
