@@ -228,3 +228,26 @@ def test_driver_killed_mid_run_resumes_to_the_same_parameters(omniglot_dir, tmp_
                 out=tmp_path / "ref", progress=False)
     assert load_checkpoint(run)["learner_step"] == 12
     assert_same_params(final_params(ref), load_checkpoint(run)["model"], rtol=1e-9)
+
+
+def test_collective_allreduce_path_matches_and_survives_a_lost_worker(ray_session, omniglot_dir, tmp_path):
+    """Above engine.allreduce_threshold_mb the workers sum gradients with a gloo
+    allreduce; a member lost mid-step falls back to learner aggregation with the
+    same result."""
+    alg = {"name": "protonet"}
+    reference = final_params(train(omniglot_config(omniglot_dir, alg, 0), out=tmp_path / "ref", progress=False))
+    engines = []
+
+    def collective(cfg, core, plan=None):
+        engines.append(RayEngine(cfg, core, fault_plan=plan))
+        return engines[-1]
+
+    cfg = omniglot_config(omniglot_dir, alg, 2, allreduce_threshold_mb=1e-6)
+    result = train(cfg, out=tmp_path / "allreduce", progress=False, engine_factory=collective)
+    assert engines[0].group is not None and engines[0].allreduce   # the collective path ran throughout
+    assert_same_params(reference, final_params(result), rtol=1e-9)
+    result = train(cfg, out=tmp_path / "allreduce-fault", progress=False,
+                   engine_factory=lambda c, core: collective(c, core, {1: (2, 1, "sigkill")}))
+    assert not engines[1].allreduce and engines[1].restarts >= 1  # fell back after the failure
+    assert result.step == 5
+    assert_same_params(reference, final_params(result), rtol=1e-9)

@@ -101,6 +101,21 @@ class TaskWorker:
         grad, metrics, count = self.core.shard_gradient(flat_params, step, range(start, stop))
         return grad, metrics, count, time.perf_counter() - t0
 
+    def compute_allreduce(self, flat_params: torch.Tensor, step: int, start: int, stop: int, group: str,
+                          rank: int):
+        """Compute this shard, then sum the shard gradients of all workers with a
+        collective allreduce; only rank 0 returns the sum to the learner."""
+        import ray.util.collective as col
+
+        t0 = time.perf_counter()
+        if stop > start:
+            grad, metrics, count = self.core.shard_gradient(flat_params, step, range(start, stop))
+        else:
+            grad, metrics, count = torch.zeros(flat_params.numel(), dtype=self.core.dtype), {}, 0
+        compute = time.perf_counter() - t0
+        col.allreduce(grad, group_name=group)
+        return (grad if rank == 0 else None), metrics, count, compute
+
     def inject_fault(self, step: int, after_tasks: int, mode: str) -> None:
         """Test hook: at meta-step ``step``, after ``after_tasks`` tasks of a shard,
         die by ``sigkill`` (the process), ``ray_kill`` (this actor) or ``hang`` (SIGSTOP)."""
@@ -150,6 +165,12 @@ class RayEngine:
         log.info("distmeta: %d workers on %d node(s) (%s)", len(infos), nodes,
                  ", ".join(f"pid {i['pid']} {i['device']}" for i in infos))
         self.worker_info = infos
+        grad_mb = core.initial_flat_params().numel() * torch.finfo(core.dtype).bits / 8 / 1e6
+        self.allreduce = (e.allreduce_threshold_mb > 0 and grad_mb >= e.allreduce_threshold_mb
+                          and e.workers > 1)
+        self.group = None
+        if self.allreduce:
+            self._create_group()
         for slot, (step, after, mode) in (fault_plan or {}).items():
             ray.get(self.slots[slot].inject_fault.remote(step, after, mode))
 
@@ -191,6 +212,45 @@ class RayEngine:
         return self.actor_cls.options(num_cpus=e.num_cpus, num_gpus=e.num_gpus, max_restarts=0,
                                       scheduling_strategy=strategy).remote(self.config, self.datasets_ref,
                                                                            e.num_cpus)
+
+    def _create_group(self) -> None:
+        import uuid
+
+        import ray.util.collective as col
+
+        backend = "nccl" if self.cfg.engine.num_gpus > 0 else "gloo"
+        self.group = f"distmeta-{uuid.uuid4().hex[:8]}"
+        actors = [self.slots[s] for s in sorted(self.slots)]
+        col.create_collective_group(actors, len(actors), list(range(len(actors))), backend=backend,
+                                    group_name=self.group)
+        log.info("distmeta: gradients aggregated by %s allreduce over %d workers", backend, len(actors))
+
+    def _allreduce_step(self, params_ref, step: int, meta_batch: int):
+        """One step on the collective path; None when a member failed (the caller
+        falls back to learner aggregation for the rest of the run)."""
+        import ray
+
+        slots = sorted(self.slots)
+        bounds = shard_sizes(meta_batch, len(slots)) + [(meta_batch, meta_batch)] * max(0, len(slots) - meta_batch)
+        refs = [self.slots[s].compute_allreduce.remote(params_ref, step, a, b, self.group, rank)
+                for rank, (s, (a, b)) in enumerate(zip(slots, bounds))]
+        try:
+            results = ray.get(refs, timeout=self.cfg.engine.shard_timeout_s)
+        except Exception as exc:  # a dead or hung member blocks the whole group
+            log.warning("distmeta: allreduce step %d failed (%s); rebuilding the workers and falling back "
+                        "to learner aggregation", step, type(exc).__name__)
+            self.allreduce = False
+            for slot in list(self.slots):
+                self._replace(slot, "left with the failed collective group")
+            self._adopt_ready_replacements(wait=self.cfg.engine.placement_timeout_s)
+            return None
+        grad = results[0][0]
+        metrics: Dict[str, float] = {}
+        for _, m, _, _ in results:
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + v
+        count = sum(r[2] for r in results)
+        return grad, metrics, count, max(r[3] for r in results)
 
     # -- worker pool -------------------------------------------------------------
     def _replace(self, slot: int, reason: str) -> None:
@@ -250,6 +310,13 @@ class RayEngine:
         by_value = param_bytes <= INLINE_PARAMS_BYTES
         params_arg = flat_params if by_value else ray.put(flat_params)
         params_sent = 0 if by_value else param_bytes
+        if self.allreduce:
+            out = self._allreduce_step(params_arg, step, meta_batch)
+            if out is not None:
+                grad, metrics, count, compute = out
+                wall = time.perf_counter() - t0
+                self.bytes_last_step = params_sent + (param_bytes * len(self.slots) if by_value else 0) + param_bytes
+                return grad, metrics, count, {"compute": compute, "overhead": max(wall - compute, 0.0)}
         todo = shard_sizes(meta_batch, len(self.slots))
         results: Dict[Tuple[int, int], Any] = {}
         while todo:
