@@ -87,10 +87,11 @@ def test_two_trials_place_their_workers_in_their_own_placement_groups(ray_sessio
 def test_pbt_exploit_restores_step_and_optimizer_state(ray_session, tmp_path):
     data = config({"space": {"optim.lr": {"grid": [1.0e-4, 3.0e-3]}, "algorithm.inner_lr": {"choice": [0.005, 0.01]}},
                    "scheduler": "pbt",
-                   "scheduler_options": {"perturbation_interval": 1, "quantile_fraction": 0.5,
-                                         "resample_probability": 1.0},
-                   "stop": {"training_iteration": 4}, "metric": "mse", "mode": "min", "max_concurrent": 2},
-                  optim={"steps": 8})
+                   # synch: both trials meet at every perturbation point, so the worse one exploits
+                   "scheduler_options": {"perturbation_interval": 2, "quantile_fraction": 0.5,
+                                         "resample_probability": 1.0, "synch": True},
+                   "stop": {"training_iteration": 5}, "metric": "mse", "mode": "min", "max_concurrent": 2},
+                  optim={"steps": 10})
     out = tmp_path / "pbt"
     run_tune(write(tmp_path, data), [], out=str(out))
     frames = trial_frames(out)

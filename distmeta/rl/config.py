@@ -24,6 +24,7 @@ ALGORITHMS = ["rl2", "maml_rl"]
 RECURRENT = ["lstm"]
 MAML_BASELINES = ["linear", "none"]
 MAML_OUTER = ["promp", "vpg"]
+MAML_SAMPLERS = ["learner", "env_runners"]
 
 
 @dataclass
@@ -62,6 +63,7 @@ class MAMLSection:
     hidden: List[int] = field(default_factory=lambda: [100, 100])
     init_log_std: float = -1.0
     eval_inner_steps: int = 3         # evaluate after 0..eval_inner_steps inner steps
+    sampler: str = "learner"          # learner: in-process batched sampler | env_runners: the RLlib MAMLRL Algorithm
 
 
 @dataclass
@@ -104,7 +106,7 @@ def parse_rl(data: Dict[str, Any]) -> RLConfig:
     """Build and range-check the ``rl`` section; raise ConfigError naming the field."""
     rl = _build(RLConfig, data, "rl")
     choices = {"algorithm": ALGORITHMS, "rl2.recurrent": RECURRENT, "maml.baseline": MAML_BASELINES,
-               "maml.outer": MAML_OUTER}
+               "maml.outer": MAML_OUTER, "maml.sampler": MAML_SAMPLERS}
     for key, allowed in choices.items():
         if _get(rl, key) not in allowed:
             raise ConfigError(f"rl.{key}: {_get(rl, key)!r} is not one of {allowed}")

@@ -15,8 +15,10 @@ Functional core (pure torch, no Ray): a policy is a dict of named tensors.
   gradient, split over tasks so learner shards can be averaged.
 
 Advantages use a linear feature baseline fitted per task (Duan et al. 2016).
-Sampling runs on the learner side (:class:`TaskSampler`: one env per
-(task, episode), stepped in lock-step with one batched policy forward).
+Sampling runs on the learner side by default (:class:`TaskSampler`: one env
+per (task, episode), stepped in lock-step with one batched policy forward);
+``rl.maml.sampler: env_runners`` runs the same core through the RLlib Algorithm
+of :mod:`distmeta.rl.maml_algorithm` (EnvRunner sampling, RLlib Learners).
 Several learners (``rl.num_learners > 1``) are Ray actors that each take a
 shard of the meta-batch; the driver averages their flat meta-gradients (task
 weighted) and every copy applies the same step with the same optimizer, so the
@@ -523,9 +525,15 @@ def train_maml(cfg, rl: RLConfig, run, steps: Optional[int], resume: bool) -> Di
                                  "algorithm": "maml_rl", "config": cfg.to_dict(), "curve_x": curve_x, "curve_y": curve_y},
                                 it, keep_last=cfg.checkpoint.keep_last, score=row.get("eval_mean_return"))
 
-    pool, _ = run_meta_training(rl, cfg.seed, train_tasks, m.inner_steps, stop_at, on_iteration=on_iteration,
-                                pool_state=pool_state, start_iteration=start, num_learners=rl.num_learners)
-    pool.close()
+    if m.sampler == "env_runners":
+        from distmeta.rl.maml_algorithm import run_algorithm_training
+
+        ensure_ray(cfg)
+        run_algorithm_training(rl, cfg.seed, stop_at, on_iteration, pool_state, start)
+    else:
+        pool, _ = run_meta_training(rl, cfg.seed, train_tasks, m.inner_steps, stop_at, on_iteration=on_iteration,
+                                    pool_state=pool_state, start_iteration=start, num_learners=rl.num_learners)
+        pool.close()
     if rl.baselines and stop_at >= iterations:
         _train_baselines(cfg, rl, run, train_tasks, iterations)
     metrics.plot()

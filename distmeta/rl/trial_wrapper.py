@@ -57,8 +57,11 @@ class TrialWrapper(gym.Wrapper):
 
     # -- task protocol (forwarded, with pinning) ------------------------------
     def set_task(self, task: Optional[Dict[str, Any]]) -> None:
-        """Pin ``task`` for all later trials (None: draw tasks again). Applies at the next reset."""
+        """Pin ``task`` for all later trials (None: draw tasks again). The inner env switches
+        now (effective from its next reset); later trials all use the pinned task."""
         self._pinned = dict(task) if task is not None else None
+        if task is not None:
+            self.env.unwrapped.set_task(task)
 
     def get_task(self) -> Dict[str, Any]:
         return self.env.unwrapped.get_task()

@@ -1,0 +1,144 @@
+"""Meta-RL task environments (gymnasium API, task-settable), imported as ``distmeta.envs``.
+
+Every environment implements the task-distribution protocol :class:`TaskEnv`:
+
+- ``sample_tasks(n, seed) -> list[dict]``: ``n`` plain, JSON-serialisable task
+  descriptions, a pure function of ``(n, seed)``;
+- ``set_task(task)`` / ``get_task()``: switch the environment to a task (takes
+  effect at the next ``reset``) and read it back.
+
+``task_splits(env, n_train, n_test, seed)`` gives disjoint train and held-out
+test task sets. Registered gymnasium ids: ``distmeta/Bandit-v0``,
+``distmeta/TabularMDP-v0``, ``distmeta/PointNav-v0``,
+``distmeta/CartPolePhysics-v0``, ``distmeta/PendulumPhysics-v0`` and, behind
+the ``mujoco`` extra, ``distmeta/HalfCheetahVel-v0``,
+``distmeta/HalfCheetahDir-v0``, ``distmeta/AntDir-v0``; behind the
+``metaworld`` extra, ``distmeta/MetaWorldML1-v0`` and ``distmeta/MetaWorldML10-v0``.
+
+Inside RLlib, set a task on every EnvRunner with
+``env_runner.env.unwrapped.call("set_task", task)`` (see :func:`set_task_on_env`).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Protocol, Sequence, Tuple, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+
+Task = Dict[str, Any]
+
+
+@runtime_checkable
+class TaskEnv(Protocol):
+    def sample_tasks(self, n: int, seed: int) -> List[Task]: ...
+
+    def set_task(self, task: Task) -> None: ...
+
+    def get_task(self) -> Task: ...
+
+
+class MetaEnv(gym.Env):
+    """Base class: a gymnasium env with a settable task drawn from a distribution."""
+
+    _task: Task
+
+    def sample_tasks(self, n: int, seed: int) -> List[Task]:
+        raise NotImplementedError
+
+    def set_task(self, task: Task) -> None:
+        self._task = dict(task)
+
+    def get_task(self) -> Task:
+        return dict(self._task)
+
+
+def task_key(task: Task) -> str:
+    """A canonical string for a task (used to prove train/test disjointness)."""
+    return json.dumps(task, sort_keys=True, default=float)
+
+
+def task_splits(env: Any, n_train: int, n_test: int, seed: int = 0) -> Tuple[List[Task], List[Task]]:
+    """Disjoint train and held-out test task lists, deterministic in ``seed``.
+
+    Train tasks come from seed stream ``(seed, 0)``, test tasks from ``(seed, 1)``;
+    any test task that also occurs among the train tasks is dropped and redrawn.
+    """
+    env = getattr(env, "unwrapped", env)
+    ss = np.random.SeedSequence([int(seed), 0])
+    train = env.sample_tasks(n_train, int(ss.generate_state(1)[0])) if n_train else []
+    keys = {task_key(t) for t in train}
+    test: List[Task] = []
+    attempt = 0
+    while len(test) < n_test:
+        sub = int(np.random.SeedSequence([int(seed), 1, attempt]).generate_state(1)[0])
+        for t in env.sample_tasks(n_test - len(test), sub):
+            if task_key(t) not in keys:
+                keys.add(task_key(t))
+                test.append(t)
+        attempt += 1
+        if attempt > 100:
+            raise RuntimeError("task_splits: the task distribution is too small for disjoint splits")
+    return train, test
+
+
+def set_task_on_env(env: Any, task: Task) -> None:
+    """Set ``task`` on a gymnasium env or vector env (RLlib EnvRunners hold vector envs)."""
+    if hasattr(env, "call") and hasattr(env, "num_envs"):
+        env.call("set_task", task)
+    else:
+        getattr(env, "unwrapped", env).set_task(task)
+
+
+ENV_IDS: Dict[str, str] = {
+    "distmeta/Bandit-v0": "distmeta.envs.bandit:BernoulliBanditEnv",
+    "distmeta/TabularMDP-v0": "distmeta.envs.tabular_mdp:TabularMDPEnv",
+    "distmeta/PointNav-v0": "distmeta.envs.point_nav:PointNavEnv",
+    "distmeta/CartPolePhysics-v0": "distmeta.envs.physics:CartPolePhysicsEnv",
+    "distmeta/PendulumPhysics-v0": "distmeta.envs.physics:PendulumPhysicsEnv",
+    "distmeta/HalfCheetahVel-v0": "distmeta.envs.mujoco_tasks:make_half_cheetah_vel",
+    "distmeta/HalfCheetahDir-v0": "distmeta.envs.mujoco_tasks:make_half_cheetah_dir",
+    "distmeta/AntDir-v0": "distmeta.envs.mujoco_tasks:make_ant_dir",
+    "distmeta/MetaWorldML1-v0": "distmeta.envs.metaworld_adapter:make_ml1",
+    "distmeta/MetaWorldML10-v0": "distmeta.envs.metaworld_adapter:make_ml10",
+}
+# Ids that need no optional extra.
+CORE_ENV_IDS: List[str] = ["distmeta/Bandit-v0", "distmeta/TabularMDP-v0", "distmeta/PointNav-v0",
+                           "distmeta/CartPolePhysics-v0", "distmeta/PendulumPhysics-v0"]
+
+# Short names accepted in distmeta configs.
+ALIASES: Dict[str, str] = {
+    "bandit": "distmeta/Bandit-v0",
+    "tabular_mdp": "distmeta/TabularMDP-v0",
+    "point_nav": "distmeta/PointNav-v0",
+    "cartpole_physics": "distmeta/CartPolePhysics-v0",
+    "pendulum_physics": "distmeta/PendulumPhysics-v0",
+    "halfcheetah_vel": "distmeta/HalfCheetahVel-v0",
+    "halfcheetah_dir": "distmeta/HalfCheetahDir-v0",
+    "ant_dir": "distmeta/AntDir-v0",
+    "metaworld_ml1": "distmeta/MetaWorldML1-v0",
+    "metaworld_ml10": "distmeta/MetaWorldML10-v0",
+}
+
+
+def register_all() -> None:
+    """Register the distmeta env ids with gymnasium (idempotent)."""
+    for env_id, entry in ENV_IDS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=entry, disable_env_checker=True)
+
+
+def resolve_env_id(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def make(name: str, **kwargs: Any) -> gym.Env:
+    """``gymnasium.make`` for a distmeta id or short alias (registers on first use)."""
+    register_all()
+    return gym.make(resolve_env_id(name), **kwargs)
+
+
+register_all()
+
+__all__ = ["Task", "TaskEnv", "MetaEnv", "task_key", "task_splits", "set_task_on_env", "ENV_IDS",
+           "CORE_ENV_IDS", "ALIASES", "register_all", "resolve_env_id", "make"]

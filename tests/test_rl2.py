@@ -1,0 +1,211 @@
+"""RL^2 on RLlib: config validation, the trial wrapper, recurrent state across
+sub-episodes (checked on RLlib's own EnvRunner), bandit baselines and a short
+training run that must beat random on held-out 2-armed bandits."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from distmeta.config import ConfigError, ExperimentConfig, _build
+from distmeta.rl import evaluate_rl, train_rl, validate_rl
+from distmeta.rl.config import parse_rl
+from distmeta.rl.trial_wrapper import TrialWrapper
+
+
+def _cfg(rl, **top):
+    return _build(ExperimentConfig, {"name": "t", "seed": 0, "rl": rl, **top}, "")
+
+
+@pytest.mark.parametrize("rl, field", [
+    ({"algorithm": "foo"}, "rl.algorithm"),
+    ({"env": "nope"}, "rl.env"),
+    ({"bogus": 1}, "rl.bogus"),
+    ({"env_steps": 0}, "rl.env_steps"),
+    ({"rl2": {"episodes_per_trial": 0}}, "rl.rl2.episodes_per_trial"),
+    ({"rl2": {"gamma": 1.5}}, "rl.rl2.gamma"),
+    ({"rl2": {"lr": "fast"}}, "rl.rl2.lr"),
+    ({"rl2": {"recurrent": "transformer"}}, "rl.rl2.recurrent"),
+    ({"algorithm": "maml_rl", "maml": {"inner_steps": 0}}, "rl.maml.inner_steps"),
+    ({"maml": {"baseline": "magic"}}, "rl.maml.baseline"),
+])
+def test_validate_rl_names_the_field(rl, field):
+    with pytest.raises(ConfigError) as exc:
+        validate_rl(_cfg(rl))
+    msg = str(exc.value)
+    assert msg.startswith(field) and "\n" not in msg
+
+
+def test_validate_rl_accepts_shipped_configs():
+    import yaml
+    from pathlib import Path
+
+    for name in ("rl2_bandits", "rl2_tabular_mdp", "maml_rl_point_nav", "maml_rl_halfcheetah_vel"):
+        data = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml").read_text())
+        validate_rl(_build(ExperimentConfig, data, ""))
+
+
+def test_trial_wrapper_joins_episodes():
+    from distmeta.envs import make
+
+    env = TrialWrapper(make("point_nav", horizon=4).unwrapped, episodes_per_trial=3, task_seed=0)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == env.observation_space.shape == (2 + 2 + 2,)
+    task = env.get_task()
+    flags, steps = [], 0
+    while True:
+        obs, r, term, trunc, info = env.step(np.array([0.05, 0.0]))
+        steps += 1
+        flags.append(obs[-1])
+        assert obs[2:4].tolist() == pytest.approx([0.05, 0.0]) and obs[4] == pytest.approx(r)
+        assert env.get_task() == task  # one task for the whole trial
+        if term or trunc:
+            break
+    assert steps == 12 and term and not trunc
+    assert flags == [0, 0, 0, 1] * 3
+    assert len(env.sub_episode_returns) == 3
+    env.reset()
+    assert env.get_task() != task  # a new trial draws a new task
+    env.set_task(task)
+    env.reset()
+    assert env.get_task() == task  # pinned
+
+
+def test_trial_wrapper_discrete_one_hot():
+    from distmeta.envs import make
+
+    env = TrialWrapper(make("bandit", k=3).unwrapped, episodes_per_trial=5)
+    env.reset(seed=1)
+    obs, *_ = env.step(2)
+    assert obs[1:4].tolist() == [0, 0, 1] and obs[-1] == 1  # one pull is one sub-episode
+
+
+def test_recurrent_state_carries_across_sub_episodes_and_resets_between_trials():
+    """Sample two trials with RLlib's own SingleAgentEnvRunner and replay the stored LSTM
+    states: a trial's states chain from the initial state through every sub-episode
+    boundary (no reset there), and the next trial starts again from the initial state."""
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    from distmeta.rl import rl2
+
+    rl = parse_rl({"algorithm": "rl2", "env": "point_nav", "env_config": {"horizon": 5},
+                   "rl2": {"episodes_per_trial": 3, "cell_size": 8, "hidden": [8]}})
+    config = rl2.build_ppo_config(rl, 0).env_runners(num_env_runners=0, num_envs_per_env_runner=1)
+    runner = SingleAgentEnvRunner(config=config)
+    episodes = runner.sample(num_episodes=2, random_actions=False)
+    module = runner.module["default_policy"] if hasattr(runner.module, "keys") else runner.module
+    init = {k: v.unsqueeze(0) for k, v in module.get_initial_state().items()}
+
+    def step(obs, state):
+        with torch.no_grad():
+            out = module.forward_exploration({Columns.OBS: torch.as_tensor(obs)[None, None], Columns.STATE_IN: state})
+        return out[Columns.STATE_OUT]
+
+    assert [len(e) for e in episodes] == [15, 15]
+    for ep in episodes:
+        obs = ep.get_observations()
+        stored = ep.get_extra_model_outputs(Columns.STATE_OUT)
+        assert obs[:, -1].tolist() == [0] + [0, 0, 0, 0, 1] * 3  # sub-episode flags at steps 5, 10, 15
+        state = init  # each RLlib episode (= trial) starts from the initial state ...
+        for t in range(15):
+            state = step(obs[t], state)  # ... and carries it through the sub-episode boundaries
+            for key in ("h", "c"):
+                np.testing.assert_allclose(state[key][0].numpy(), stored[key][t], rtol=1e-5, atol=1e-6)
+        # power check: resetting at the boundary (what RLlib would do without the wrapper) differs
+        reset_at_5 = step(obs[5], init)
+        assert not np.allclose(reset_at_5["h"][0].numpy(), stored["h"][5], atol=1e-4)
+    # between trials: trial 2's first state came from the initial state, not from trial 1's last
+    second = episodes[1]
+    carried = step(second.get_observations()[0], {k: torch.as_tensor(v[-1])[None] for k, v in
+                                                   episodes[0].get_extra_model_outputs(Columns.STATE_OUT).items()})
+    assert not np.allclose(carried["h"][0].numpy(), second.get_extra_model_outputs(Columns.STATE_OUT)["h"][0],
+                           atol=1e-4)
+
+
+def test_bandit_baselines_order():
+    from distmeta.envs import make, task_splits
+    from distmeta.rl.baselines import bandit_baselines, summarize
+
+    _, tasks = task_splits(make("bandit", k=5), 0, 300, 0)
+    b = {k: summarize(v)["mean_return"] for k, v in bandit_baselines(tasks, 100, seed=0).items()}
+    assert b["random"] < b["ucb1"] < b["thompson"] < b["oracle_best_arm"]
+    assert b["random"] == pytest.approx(50, abs=3)
+
+
+@pytest.mark.ray
+def test_rl2_learns_two_armed_bandits(ray_session, tmp_path):
+    """20k env steps of PPO-LSTM (~10 s) on 2-armed bandits, 20 pulls per trial; on 200 held-out
+    tasks the trial return must beat random by >= 5 standard errors (paired per task against
+    random's exact expected return, 20 * mean(p))."""
+    from distmeta.rl.runner import held_out_tasks
+
+    rl = {"algorithm": "rl2", "env": "bandit", "env_config": {"k": 2}, "env_steps": 20000, "eval_tasks": 200,
+          "rl2": {"episodes_per_trial": 20, "train_batch_size": 2000, "minibatch_size": 500, "num_epochs": 8,
+                  "lr": 0.003, "entropy_coeff": 0.0, "cell_size": 64, "hidden": [64]}}
+    cfg = _cfg(rl, log_every=5, checkpoint={"every": 5, "keep_last": 2})
+    out = train_rl(cfg, tmp_path / "run")
+    for name in ("config.yaml", "metrics.csv", "learning_curves.png", "rl_curve.png", "eval.json"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert out["tasks"] == 200 and set(out["baselines"]) >= {"random", "ucb1", "thompson"}
+    assert len(out["mean_return_by_episode"]) == 20
+
+    # paired comparison with random's expectation on the same held-out tasks
+    from distmeta.engine.run_dir import load_checkpoint
+    from distmeta.rl import rl2
+    from distmeta.rl.runner import _load_rl2_module
+
+    parsed = parse_rl(rl)
+    _, tasks = held_out_tasks(parsed)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    returns = rl2.evaluate_module(_load_rl2_module(parsed, ckpt), parsed, tasks, seed=1).sum(1)
+    random_expected = 20 * np.array([np.mean(t["means"]) for t in tasks])
+    diff = returns - random_expected
+    se = diff.std(ddof=1) / np.sqrt(len(diff))
+    assert diff.mean() >= 5 * se, (diff.mean(), se)
+
+    # distmeta eval --json: one JSON object; resume continues the iteration count
+    ev = evaluate_rl(tmp_path / "run", episodes=50)
+    json.dumps(ev)
+    assert ev["tasks"] == 50 and {"mean_return", "ci95", "tasks", "baselines"} <= set(ev)
+    cfg.rl["env_steps"] = 22000
+    again = train_rl(cfg, tmp_path / "run", resume=True)
+    assert again["iterations"] == 11 and again["env_steps"] == 22000
+
+
+@pytest.mark.ray
+def test_restarted_env_runner_gets_its_task_back(ray_session):
+    """Kill a remote EnvRunner: RLlib recreates it during train(), and the task callback
+    re-applies the pinned task (a fresh EnvRunner would otherwise sample its own)."""
+    import time
+
+    import ray
+
+    from distmeta.rl import rl2
+
+    rl = parse_rl({"algorithm": "rl2", "env": "bandit", "env_config": {"k": 2}, "num_env_runners": 1,
+                   "num_envs_per_env_runner": 1,
+                   "rl2": {"episodes_per_trial": 5, "train_batch_size": 200, "minibatch_size": 100,
+                           "num_epochs": 1, "cell_size": 8, "hidden": [8]}})
+    algo = rl2.build_ppo_config(rl, 0).build_algo()
+    try:
+        task = {"means": [0.1, 0.9]}
+        rl2.set_task_on_runners(algo, task)
+        assert [t[0] for t in rl2.tasks_on_runners(algo)] == [task]
+        ray.kill(algo.env_runner_group._worker_manager._actors[1], no_restart=False)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                algo.train()
+            except Exception:
+                pass
+            if algo.env_runner_group.num_healthy_remote_workers() == 1 and \
+                    algo._counters.get("total_num_restored_workers", 0) >= 1:
+                break
+            time.sleep(0.5)
+        assert algo._counters.get("total_num_restored_workers", 0) >= 1
+        assert [t[0] for t in rl2.tasks_on_runners(algo)] == [task]
+    finally:
+        algo.stop()
