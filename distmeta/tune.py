@@ -260,10 +260,28 @@ def make_searcher(tc: TuneConfig, metric: str, mode: str):
                             f"pip install 'distmeta[tune-search]' ({exc})") from None
 
 
-def summarize(results, metric: str, mode: str, out_dir: Path) -> Dict[str, Any]:
-    """Table of trials, best checkpoint exported as a distmeta run folder, curves plot."""
+def export_best(checkpoint_dir: Path, trial_params: Dict[str, Any], base: Dict[str, Any], out: Path) -> Path:
+    """Write a trial checkpoint as a distmeta run folder (readable by ``distmeta.load``/``eval``)."""
     from distmeta.engine.run_dir import RunDir
 
+    if (checkpoint_dir / CHECKPOINT_FILE).is_file():
+        state = torch.load(checkpoint_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        step = int(state["learner_step"])
+    else:  # a Meta-RL trial (distmeta.rl.tuning)
+        from distmeta.rl.tuning import CHECKPOINT_FILE as RL_FILE
+
+        rl_state = torch.load(checkpoint_dir / RL_FILE, map_location="cpu", weights_only=True)
+        state = {"learner": rl_state["learner"], "env_steps": rl_state["env_steps"], "algorithm": "rl2",
+                 "config": trial_config(base, trial_params), "curve_x": [], "curve_y": []}
+        step = int(rl_state["iteration"])
+    export = RunDir.create(out, state["config"])
+    export.save_checkpoint({k: v for k, v in state.items() if k not in ("step", "format")}, step, keep_last=1)
+    return export.path
+
+
+def summarize(results, metric: str, mode: str, out_dir: Path, base: Optional[Dict[str, Any]] = None
+              ) -> Dict[str, Any]:
+    """Table of trials, best checkpoint exported as a distmeta run folder, curves plot."""
     rows = []
     for r in results:
         df = r.metrics_dataframe
@@ -282,12 +300,9 @@ def summarize(results, metric: str, mode: str, out_dir: Path) -> Dict[str, Any]:
         best = None
     if best is not None and best.checkpoint is not None:
         with best.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        export = RunDir.create(out_dir / "best", state["config"])
-        export.save_checkpoint({k: v for k, v in state.items() if k not in ("step", "format")},
-                               int(state["learner_step"]), keep_last=1)
-        summary["best"] = {"config": best.config, metric: best.metrics.get(metric), "path": str(export.path)}
-        print(f"best trial exported to {export.path} (distmeta eval {export.path})")
+            path = export_best(Path(d), best.config, base or {}, out_dir / "best")
+        summary["best"] = {"config": best.config, metric: best.metrics.get(metric), "path": str(path)}
+        print(f"best trial exported to {path} (distmeta eval {path})")
     plot_trials(rows, metric, out_dir / "trials.png")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
@@ -343,7 +358,7 @@ def run_tune(config_path: Optional[str], overrides: List[str], out: Optional[str
             tuner = tune.Tuner.restore(str(exp_dir), trainable=make_trainable(data), resume_unfinished=True,
                                        resume_errored=True)
         results = tuner.fit()
-        return summarize(results, metric, mode, exp_dir)
+        return summarize(results, metric, mode, exp_dir, {k: v for k, v in data.items() if k != "tune"})
     finally:
         if started:
             import ray

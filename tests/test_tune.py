@@ -125,3 +125,34 @@ def test_interrupted_search_resumes(tmp_path):
     assert len(frames) == 2
     assert all(df["step"].max() == 200 for df in frames)
     assert any((df["restored_step"] > 0).any() for df in frames)   # continued, not restarted
+
+
+RL_TUNE = {
+    "name": "rl-tune-test", "seed": 0,
+    "rl": {"algorithm": "rl2", "env": "bandit", "env_config": {"k": 2}, "env_steps": 2000, "num_env_runners": 0,
+           "num_envs_per_env_runner": 4, "eval_tasks": 10, "eval_every": 1,
+           "rl2": {"episodes_per_trial": 10, "cell_size": 16, "hidden": [16], "max_seq_len": 10,
+                   "train_batch_size": 1000, "minibatch_size": 500, "num_epochs": 1}},
+    "tune": {"space": {"rl.rl2.lr": {"grid": [0.001]}}, "metric": "mean_return", "mode": "max",
+             "stop": {"training_iteration": 2}},
+}
+
+
+def test_rl2_search_uses_the_algorithm_resource_request_and_exports_the_best(ray_session, tmp_path):
+    from distmeta.commands import evaluate_run
+    from distmeta.config import from_dict
+    from distmeta.rl import rl_tune_trainable
+    from distmeta.rl.config import parse_rl
+    from distmeta.rl import rl2
+    from distmeta.rl.runner import held_out_tasks
+
+    cfg = from_dict({k: v for k, v in RL_TUNE.items() if k != "tune"})
+    algo_config = rl2.build_ppo_config(parse_rl(cfg.rl), cfg.seed, held_out_tasks(parse_rl(cfg.rl))[0] or None)
+    expected = algo_config.algo_class.default_resource_request(algo_config)
+    trainable = rl_tune_trainable(cfg)
+    assert trainable._resources.bundles == expected.bundles   # sized by RLlib's own request
+    out = tmp_path / "rl"
+    summary = run_tune(write(tmp_path, RL_TUNE), [], out=str(out))
+    assert summary["trials"][0]["status"] == "TERMINATED"
+    result = evaluate_run(summary["best"]["path"], episodes=10)
+    assert "mean_return" in result and "baselines" in result

@@ -36,4 +36,11 @@ def evaluate_rl(run_dir, episodes: Optional[int] = None) -> Dict[str, Any]:
     return _evaluate(run_dir, episodes=episodes)
 
 
-__all__ = ["validate_rl", "train_rl", "evaluate_rl"]
+def rl_tune_trainable(cfg):
+    """The Tune trainable for an ``rl:`` config (see :mod:`distmeta.rl.tuning`)."""
+    from distmeta.rl.tuning import rl_tune_trainable as _trainable
+
+    return _trainable(cfg)
+
+
+__all__ = ["validate_rl", "train_rl", "evaluate_rl", "rl_tune_trainable"]
