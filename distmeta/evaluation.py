@@ -47,6 +47,9 @@ def evaluate(core, flat_params: torch.Tensor, split: str = "val", episodes: int 
     key = "accuracy" if kind == "classification" else "mse"
     stats = mean_ci95(scores)
     out = {key: stats["mean"], "ci95": stats["ci95"], "episodes": episodes}
+    diverged = int(sum(not math.isfinite(v) for v in scores))
+    if diverged:  # adaptation blew up on some tasks: say so instead of hiding it in a NaN mean
+        out["nonfinite_episodes"] = diverged
     if pre:
         out["mse_before_adaptation"] = mean_ci95(pre)["mean"]
     return out
