@@ -35,6 +35,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from distmeta.engine.core import flatten as _flatten, unflatten
+
 from distmeta.rl.config import MAMLSection, RLConfig
 
 log = logging.getLogger("distmeta.rl")
@@ -208,15 +210,7 @@ def meta_gradient(params: Params, tasks: Sequence[TaskData], m: MAMLSection, dis
 
 
 def flatten(tensors: Dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors.values()])
-
-
-def unflatten(flat: torch.Tensor, like: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    out, i = {}, 0
-    for k, v in like.items():
-        out[k] = flat[i:i + v.numel()].view_as(v)
-        i += v.numel()
-    return out
+    return _flatten(tensors, list(tensors))
 
 
 # -- learner-side sampling -------------------------------------------------------------
