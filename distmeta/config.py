@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-import yaml
-
 
 class ConfigError(ValueError):
     """A config field is missing, unknown, of the wrong type or out of range."""
@@ -273,6 +271,8 @@ def from_dict(data: Dict[str, Any]) -> ExperimentConfig:
 
 
 def _parse_value(text: str) -> Any:
+    import yaml
+
     return yaml.safe_load(text) if text != "" else ""
 
 
@@ -293,6 +293,8 @@ def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[str, Any
 
 
 def load_config_dict(path: Union[str, Path], overrides: Optional[List[str]] = None) -> Dict[str, Any]:
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")

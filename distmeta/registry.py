@@ -38,7 +38,27 @@ class Registry:
         return name in self._items
 
 
+    def user_entries(self) -> Dict[str, Any]:
+        """Entries registered from outside distmeta (a user's script or tests)."""
+        return {n: o for n, o in self._items.items()
+                if not getattr(o, "__module__", "distmeta").startswith("distmeta")}
+
+
 DATASETS = Registry("dataset")
 TASKS = Registry("task distribution")
 MODELS = Registry("model")
 ALGORITHMS = Registry("algorithm")
+
+
+REGISTRIES = {"dataset": DATASETS, "task": TASKS, "model": MODELS, "algorithm": ALGORITHMS}
+
+
+def user_registrations() -> Dict[str, Dict[str, Any]]:
+    """Every user registration, by registry, to re-register in another process."""
+    return {kind: reg.user_entries() for kind, reg in REGISTRIES.items() if reg.user_entries()}
+
+
+def restore_registrations(snapshot: Dict[str, Dict[str, Any]]) -> None:
+    for kind, entries in snapshot.items():
+        for name, obj in entries.items():
+            REGISTRIES[kind].register(name, obj, overwrite=True)

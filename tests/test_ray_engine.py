@@ -251,3 +251,44 @@ def test_collective_allreduce_path_matches_and_survives_a_lost_worker(ray_sessio
     assert not engines[1].allreduce and engines[1].restarts >= 1  # fell back after the failure
     assert result.step == 5
     assert_same_params(reference, final_params(result), rtol=1e-9)
+
+
+class LinearTasks:
+    """A user's task family defined in this file: y = w x + b, w, b ~ U[-2, 2]."""
+    kind, input_shape, output_dim = "regression", (1,), 1
+
+    def sample_many(self, run_seed, split, step, indices):
+        import numpy as np
+
+        from distmeta.tasks.base import task_seed
+
+        out = []
+        for i in indices:
+            rng = np.random.default_rng(task_seed(run_seed, split, step, i))
+            w, b = rng.uniform(-2, 2, 2)
+            xs, xq = rng.uniform(-1, 1, (2, 8, 1)).astype(np.float32)
+            out.append({"support_x": xs, "support_y": (w * xs + b).astype(np.float32), "query_x": xq,
+                        "query_y": (w * xq + b).astype(np.float32), "seed": np.int64(i)})
+        return out
+
+
+def test_user_registered_components_reach_ray_workers(ray_session, tmp_path):
+    from distmeta.registry import MODELS, TASKS
+
+    TASKS.register("test_linear_tasks", lambda task_cfg, datasets, split: LinearTasks(), overwrite=True)
+    MODELS.register("test_identity_backbone", lambda model_cfg, shape: _Identity(), overwrite=True)
+    data = {"name": "user-parts", "data": {"dataset": "none"}, "task": {"kind": "test_linear_tasks"},
+            "model": {"name": "test_identity_backbone"}, "algorithm": {"name": "maml", "inner_lr": 0.1},
+            "optim": {"meta_batch": 5, "steps": 4, "lr": 0.05}, "eval": {"every": 1000, "episodes": 2,
+            "final_episodes": 2}, "engine": {"dtype": "float64"}}
+    local = final_params(train(from_dict(data), out=tmp_path / "local", progress=False))
+    data["engine"]["workers"] = 2
+    remote = final_params(train(from_dict(data), out=tmp_path / "ray", progress=False))
+    assert_same_params(local, remote, rtol=1e-9)
+
+
+class _Identity(torch.nn.Module):
+    out_features = 1
+
+    def forward(self, x):
+        return x

@@ -79,12 +79,14 @@ def shard_sizes(total: int, workers: int) -> List[Tuple[int, int]]:
 class TaskWorker:
     """A stateless worker: a model copy, the task sampler and the dataset."""
 
-    def __init__(self, config: Dict[str, Any], datasets, num_cpus: float):
+    def __init__(self, config: Dict[str, Any], datasets, num_cpus: float, registrations=None):
         from distmeta.config import from_dict
         from distmeta.engine.core import MetaCore, set_threads
+        from distmeta.registry import restore_registrations
 
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         set_threads(num_cpus)
+        restore_registrations(registrations or {})  # the user's own datasets, tasks, models, algorithms
         self.core = MetaCore(from_dict(config), datasets=datasets)
 
     def ready(self) -> Dict[str, Any]:
@@ -157,6 +159,7 @@ class RayEngine:
         self.actor_cls = ray.remote(TaskWorker)
         self.datasets_ref = ray.put(core.datasets)   # once: workers on a node read the arrays zero-copy
         self.config = cfg.to_dict()
+        self.registrations = _shippable_registrations()
         self.slots: Dict[int, Any] = {}              # bundle index -> live actor
         for i in range(e.workers):
             self.slots[i] = self._spawn(i)
@@ -211,7 +214,7 @@ class RayEngine:
                                                     placement_group_bundle_index=slot + self.bundle_offset)
         return self.actor_cls.options(num_cpus=e.num_cpus, num_gpus=e.num_gpus, max_restarts=0,
                                       scheduling_strategy=strategy).remote(self.config, self.datasets_ref,
-                                                                           e.num_cpus)
+                                                                           e.num_cpus, self.registrations)
 
     def _create_group(self) -> None:
         import uuid
@@ -384,6 +387,24 @@ class RayEngine:
                 pass
         if self.started_ray:
             ray.shutdown()
+
+
+def _shippable_registrations() -> Dict[str, Dict[str, Any]]:
+    """The user's registry entries, pickled by value so that workers that cannot
+    import the user's script or test module still get them."""
+    import sys
+
+    from ray import cloudpickle
+
+    from distmeta.registry import user_registrations
+
+    snapshot = user_registrations()
+    for entries in snapshot.values():
+        for obj in entries.values():
+            module = sys.modules.get(getattr(obj, "__module__", ""), None)
+            if module is not None and module.__name__ != "__main__":
+                cloudpickle.register_pickle_by_value(module)
+    return snapshot
 
 
 def _autoscaler_could_fit(resources: Dict[str, float]) -> bool:
