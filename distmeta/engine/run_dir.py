@@ -142,6 +142,7 @@ class MetricsLogger:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker  # noqa: F401
 
         keys = keys or [c for c in self.columns if c != "step" and not c.startswith("time_")]
         keys = [k for k in keys if len(self.series(k)[0]) > 0]
@@ -155,6 +156,7 @@ class MetricsLogger:
             ax.plot(xs, ys, marker="." if len(xs) < 30 else None)
             ax.set_title(key)
             ax.set_xlabel("meta-step")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5, integer=True))
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(keys):]:
             ax.axis("off")
