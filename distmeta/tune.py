@@ -213,7 +213,7 @@ def build_tuner(data: Dict[str, Any], out: Optional[str] = None):
     storage, name = storage_and_name(out, cfg.name)
     run_cfg = RunConfig(name=name, storage_path=storage, stop=tc.stop or None, verbose=1,
                         # PBT clones other trials' checkpoints: keep them all there
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if tc.scheduler == "pbt" else 2))
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if tc.scheduler == "pbt" else 4))
     return tune.Tuner(trainable, param_space=param_space(tc), tune_config=tune_cfg, run_config=run_cfg), metric, mode
 
 
@@ -375,4 +375,10 @@ def register(sub) -> None:
     p.add_argument("--out", help="search folder or storage URI (default runs/tune-<name>)")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted search in DIR")
     p.add_argument("--address", help="Ray cluster: 'auto', HOST:PORT, or empty for an embedded local Ray")
-    p.set_defaults(func=lambda a: 0 if run_tune(a.config, a.overrides, a.out, a.resume, a.address) else 1)
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args) -> int:
+    """Exit status 1 when any trial ended in an error (the table says which)."""
+    summary = run_tune(args.config, args.overrides, args.out, args.resume, args.address)
+    return 1 if any(t["status"] == "ERROR" for t in summary["trials"]) else 0

@@ -123,7 +123,7 @@ def test_interrupted_search_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     frames = trial_frames(out)
     assert len(frames) == 2
-    assert all(df["step"].max() == 200 for df in frames)
+    assert all(df["step"].max() == 200 for df in frames), [df["step"].tolist() for df in frames]
     assert any((df["restored_step"] > 0).any() for df in frames)   # continued, not restarted
 
 
