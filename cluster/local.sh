@@ -94,6 +94,7 @@ wait_started() {  # wait_started NAME TIMEOUT_S
     fi
     sleep 0.5
   done
+  tail -n 30 "$STATE_DIR/$name.log" >&2 || true
   die "$name did not start within ${timeout}s (log: $STATE_DIR/$name.log)"
 }
 
@@ -173,7 +174,7 @@ cmd_start() {
     start_node "worker-$i" --address "$gcs_address" --node-ip-address "$node_ip" \
       --dashboard-agent-listen-port "$(free_port)" "${common[@]}"
   done
-  for i in $(seq 1 "$workers"); do wait_started "worker-$i" 120; done
+  for i in $(seq 1 "$workers"); do wait_started "worker-$i" "${DISTMETA_NODE_START_TIMEOUT:-180}"; done
 
   {
     echo "# source this file to use the cluster started by cluster/local.sh"
