@@ -226,8 +226,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--meta-batch", type=int, default=32, help="conv4 tasks per meta-step (sinusoid: 25)")
     p.add_argument("--sinusoid-meta-batch", type=int, default=25)
-    p.add_argument("--repeats", type=int, default=3, help="timed meta-steps per cell (median)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=None, help="timed meta-steps per cell, median (default 3; --quick 1)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed meta-steps first (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: CPUs available)")
     p.add_argument("--data-root", help="Omniglot zips folder: real episodes (minimal preset, train split)")
     p.add_argument("--inner-steps", type=int, nargs="+", default=[1, 5])
@@ -239,12 +239,14 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=15)
     p.add_argument("--skip-conv", action="store_true")
     p.add_argument("--skip-sinusoid", action="store_true")
-    p.add_argument("--quick", action="store_true", help="meta-batch 4 (sinusoid 5), 1 repeat, no warm-up")
+    p.add_argument("--quick", action="store_true", help="meta-batch 4 (sinusoid 5) and 1 repeat unless --repeats")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--json-out", help="also write the JSON object to this file")
     args = p.parse_args(argv)
     if args.quick:
-        args.meta_batch, args.sinusoid_meta_batch, args.repeats, args.warmup = 4, 5, 1, 1
+        args.meta_batch, args.sinusoid_meta_batch = 4, 5
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.warmup = 1 if args.warmup is None else args.warmup
     if args.threads is None:
         try:
             args.threads = len(os.sched_getaffinity(0))

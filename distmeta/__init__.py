@@ -8,7 +8,7 @@ the run folder; ``distmeta.load(path)`` returns an adaptable model
 __version__ = "0.1.0"
 
 
-def train(config, out=None, steps=None, resume=None, **kwargs):
+def train(config=None, out=None, steps=None, resume=None, **kwargs):
     """Train from an :class:`~distmeta.config.ExperimentConfig`, a dict or a YAML path."""
     from distmeta.engine.trainer import train as _train
 

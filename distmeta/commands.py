@@ -125,7 +125,8 @@ def evaluate_run(run: str, episodes=None, ways=None, shots=None, queries=None, i
         setting.update(ways=ways or cfg.task.ways, shots=shots or cfg.task.shots)
     else:
         setting.update(shots=shots or cfg.task.shots)
-    setting["inner_steps"] = inner_steps or cfg.algorithm.eval_inner_steps or cfg.algorithm.inner_steps
+    if core.algorithm.name in ("maml", "fomaml", "reptile"):  # only these adapt with an inner loop
+        setting["inner_steps"] = inner_steps or cfg.algorithm.eval_inner_steps or cfg.algorithm.inner_steps
     return {**out, **setting}
 
 

@@ -20,7 +20,8 @@ def omniglot_cfg(root, algorithm, **extra):
            "task": {"kind": "classification", "ways": 5, "shots": 1, "queries": 2, "rotations": True},
            "model": {"name": "conv4", "channels": 8}, "algorithm": algorithm,
            "optim": {"lr": 0.001, "meta_batch": 2, "steps": 3},
-           "eval": {"every": 3, "episodes": 2, "final_episodes": 2}, "checkpoint": {"every": 1, "keep_last": 2}}
+           "eval": {"every": 3, "episodes": 2, "final_episodes": 2}, "checkpoint": {"every": 1, "keep_last": 2},
+           "engine": {"device": "cpu"}}
     cfg.update(extra)
     return cfg
 

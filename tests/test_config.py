@@ -233,6 +233,7 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_pickle_never_executes(tmp_path):
     # sanity check: the payload really does run on a plain pickle.load
     probe = tmp_path / "probe"

@@ -50,6 +50,7 @@ def omniglot_config(root, **sections):
         "model": {"name": "conv4", "channels": 32},
         "eval": {"every": 10_000, "episodes": 20, "final_episodes": ACCURACY_EPISODES, "split": "val"},
         "checkpoint": {"every": 10_000, "keep_last": 2},
+        "engine": {"device": "cpu"},  # the same numbers on a machine with a GPU
         "log_every": 50,
     }
     cfg.update(copy.deepcopy(sections))
@@ -65,6 +66,7 @@ def sinusoid_config(**over):
         "optim": {"optimizer": "adam", "lr": 0.003, "meta_batch": 10, "steps": 400},
         "eval": {"every": 100, "episodes": 20, "final_episodes": 100},
         "checkpoint": {"every": 50, "keep_last": 2},
+        "engine": {"device": "cpu"},  # bit-exact resume comparisons need a deterministic device
         "log_every": 50,
     }
     for key, value in over.items():
