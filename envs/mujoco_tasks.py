@@ -37,9 +37,18 @@ def _build_classes():
     HalfCheetahEnv, AntEnv = _require_mujoco("HalfCheetah/Ant tasks")
 
     class _Horizon:
+        """Episode horizon and the task accessors shared by the MuJoCo task envs."""
+
         def _tick(self, truncated: bool) -> bool:
             self._t += 1
             return truncated or self._t >= self.horizon
+
+        def get_task(self) -> Task:
+            return dict(self._task)
+
+        def reset(self, *, seed=None, options=None):
+            self._t = 0
+            return super().reset(seed=seed, options=options)
 
     class HalfCheetahVelEnv(_Horizon, HalfCheetahEnv):
         def __init__(self, horizon: int = 200, task: Optional[Task] = None, **kwargs: Any):
@@ -53,13 +62,6 @@ def _build_classes():
 
         def set_task(self, task: Task) -> None:
             self._task = {"velocity": float(task["velocity"])}
-
-        def get_task(self) -> Task:
-            return dict(self._task)
-
-        def reset(self, *, seed=None, options=None):
-            self._t = 0
-            return super().reset(seed=seed, options=options)
 
         def step(self, action):
             obs, _, terminated, truncated, info = super().step(action)
@@ -96,13 +98,6 @@ def _build_classes():
 
         def set_task(self, task: Task) -> None:
             self._task = {"direction": float(task["direction"])}
-
-        def get_task(self) -> Task:
-            return dict(self._task)
-
-        def reset(self, *, seed=None, options=None):
-            self._t = 0
-            return super().reset(seed=seed, options=options)
 
         def step(self, action):
             obs, reward, terminated, truncated, info = super().step(action)
