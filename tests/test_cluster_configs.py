@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from proc_utils import session_pids
 import ray
 import yaml
 
@@ -187,16 +188,7 @@ def test_local_sh_syntax():
 
 
 def _session_alive(sid: int) -> bool:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            if int(fields[3]) == sid and fields[0] != "Z":
-                return True
-    return False
+    return bool(session_pids(sid))
 
 
 def _free_port() -> int:

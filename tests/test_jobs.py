@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from proc_utils import session_pids
 
 from distmeta import jobs
 from distmeta.errors import DistmetaError
@@ -49,21 +50,6 @@ def closed_port() -> int:
     return free_port()
 
 
-def session_pids(sid: int) -> list:
-    """Processes whose session id is ``sid`` (the Ray head and everything it started)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        # fields: state ppid pgrp session ...; zombies are gone once reaped.
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry))
-    return pids
 
 
 def kill_session(sid: int, grace: float = 4.0) -> None:
