@@ -50,6 +50,16 @@ def _build_classes():
             self._t = 0
             return super().reset(seed=seed, options=options)
 
+    class _Direction:
+        """Tasks that reward running in a direction: {"direction": +1 or -1}."""
+
+        def sample_tasks(self, n: int, seed: int) -> List[Task]:
+            rng = np.random.default_rng(seed)
+            return [{"direction": float(d)} for d in rng.choice([-1.0, 1.0], n)]
+
+        def set_task(self, task: Task) -> None:
+            self._task = {"direction": float(task["direction"])}
+
     class HalfCheetahVelEnv(_Horizon, HalfCheetahEnv):
         def __init__(self, horizon: int = 200, task: Optional[Task] = None, **kwargs: Any):
             super().__init__(**kwargs)
@@ -69,16 +79,9 @@ def _build_classes():
             reward = -abs(float(info["x_velocity"]) - self._task["velocity"]) - ctrl
             return obs, reward, terminated, self._tick(truncated), info
 
-    class HalfCheetahDirEnv(HalfCheetahVelEnv):
+    class HalfCheetahDirEnv(_Direction, HalfCheetahVelEnv):
         def __init__(self, horizon: int = 200, task: Optional[Task] = None, **kwargs: Any):
             super().__init__(horizon=horizon, task=task or {"direction": 1.0}, **kwargs)
-
-        def sample_tasks(self, n: int, seed: int) -> List[Task]:
-            rng = np.random.default_rng(seed)
-            return [{"direction": float(d)} for d in rng.choice([-1.0, 1.0], n)]
-
-        def set_task(self, task: Task) -> None:
-            self._task = {"direction": float(task["direction"])}
 
         def step(self, action):
             obs, _, terminated, truncated, info = HalfCheetahEnv.step(self, action)
@@ -86,18 +89,11 @@ def _build_classes():
             reward = self._task["direction"] * float(info["x_velocity"]) - ctrl
             return obs, reward, terminated, self._tick(truncated), info
 
-    class AntDirEnv(_Horizon, AntEnv):
+    class AntDirEnv(_Direction, _Horizon, AntEnv):
         def __init__(self, horizon: int = 200, task: Optional[Task] = None, **kwargs: Any):
             super().__init__(**kwargs)
             self.horizon, self._t = int(horizon), 0
             self.set_task(task or {"direction": 1.0})
-
-        def sample_tasks(self, n: int, seed: int) -> List[Task]:
-            rng = np.random.default_rng(seed)
-            return [{"direction": float(d)} for d in rng.choice([-1.0, 1.0], n)]
-
-        def set_task(self, task: Task) -> None:
-            self._task = {"direction": float(task["direction"])}
 
         def step(self, action):
             obs, reward, terminated, truncated, info = super().step(action)
