@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from distmeta.config import from_dict
 from distmeta.engine.ray_engine import RayEngine, probe_address, shard_sizes
@@ -224,7 +225,7 @@ def test_driver_killed_mid_run_resumes_to_the_same_parameters(omniglot_dir, tmp_
                              capture_output=True, text=True,
                              env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    ref = train(from_dict({**__import__("yaml").safe_load(cfg.read_text()), "engine": {"workers": 0, "dtype": "float64"}}),
+    ref = train(from_dict({**yaml.safe_load(cfg.read_text()), "engine": {"workers": 0, "dtype": "float64"}}),
                 out=tmp_path / "ref", progress=False)
     assert load_checkpoint(run)["learner_step"] == 12
     assert_same_params(final_params(ref), load_checkpoint(run)["model"], rtol=1e-9)

@@ -186,9 +186,13 @@ class RunDir:
     def create(cls, path: Union[str, Path], config: Dict[str, Any]) -> "RunDir":
         run = cls(path)
         run.path.mkdir(parents=True, exist_ok=True)
-        (run.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        run.write_config(config)
         (run.path / "provenance.json").write_text(json.dumps(provenance(), indent=2))
         return run
+
+    def write_config(self, config: Dict[str, Any]) -> None:
+        """Record the resolved config (also on resume, where resumable fields may change)."""
+        (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     @classmethod
     def open(cls, path: Union[str, Path]) -> "RunDir":

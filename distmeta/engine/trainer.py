@@ -166,7 +166,7 @@ def train(config=None, out=None, steps: Optional[int] = None, resume=None, progr
         learner.load_state_dict(state if state is not None else initial_state)
     run = RunDir.open(out) if state is not None else RunDir.create(out or default_run_dir(cfg), cfg.to_dict())
     if state is not None:
-        run.path.joinpath("config.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
+        run.write_config(cfg.to_dict())
     logger = MetricsLogger(run.path)
     logger.truncate_after(learner.step)
     engine = (engine_factory or make_engine)(cfg, core)
