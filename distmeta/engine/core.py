@@ -132,9 +132,11 @@ class MetaCore:
         dist = self.task_distribution(split, **overrides)
         return [to_torch(t, self.dtype, self.device) for t in dist.sample_many(self.cfg.seed, split, step, indices)]
 
-    def shard_gradient(self, flat_params: torch.Tensor, step: int, indices: Sequence[int]):
+    def shard_gradient(self, flat_params: torch.Tensor, step: int, indices: Sequence[int], tasks=None):
+        """``tasks``: the already sampled ``make_tasks("train", step, indices)``, if any."""
         params = self.params_from_flat(flat_params)
-        tasks = self.make_tasks("train", step, indices)
+        if tasks is None:
+            tasks = self.make_tasks("train", step, indices)
         hook = self.fault_hook
         on_task = (lambda k: hook(step, k)) if hook is not None else None
         if on_task is not None and self.executor == "vmap":

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from distmeta.engine.prefetch import TaskPrefetcher
 from distmeta.errors import DistmetaError
 
 log = logging.getLogger("distmeta.engine")
@@ -67,6 +68,12 @@ def connect(address: Optional[str], num_cpus: Optional[int] = None) -> bool:
     return True
 
 
+def _as_tensor(flat: np.ndarray) -> torch.Tensor:
+    """A torch view of parameters received from the learner (copied when Ray handed
+    over a read-only view of the object store)."""
+    return torch.from_numpy(flat if flat.flags.writeable else np.array(flat, copy=True))
+
+
 INLINE_PARAMS_BYTES = 64 * 1024  # below Ray's 100 KiB limit for arguments inlined in the task spec
 
 
@@ -88,6 +95,7 @@ class TaskWorker:
         set_threads(num_cpus)
         restore_registrations(registrations or {})  # the user's own datasets, tasks, models, algorithms
         self.core = MetaCore(from_dict(config), datasets=datasets)
+        self.prefetcher = TaskPrefetcher(lambda step, indices: self.core.make_tasks("train", step, indices))
 
     def ready(self) -> Dict[str, Any]:
         import ray
@@ -98,12 +106,20 @@ class TaskWorker:
                 "device": str(self.core.device), "threads": torch.get_num_threads(),
                 "pg": pg.id.hex() if pg is not None else None}
 
-    def compute(self, flat_params: torch.Tensor, step: int, start: int, stop: int):
-        t0 = time.perf_counter()
-        grad, metrics, count = self.core.shard_gradient(flat_params, step, range(start, stop))
-        return grad, metrics, count, time.perf_counter() - t0
+    def _shard(self, flat_params: np.ndarray, step: int, start: int, stop: int):
+        """This worker's shard of step ``step``; then the same shard of step + 1 is
+        sampled in the background while the learner applies this one."""
+        tasks = self.prefetcher.take(step, range(start, stop))
+        grad, metrics, count = self.core.shard_gradient(_as_tensor(flat_params), step, range(start, stop), tasks)
+        self.prefetcher.ahead(step + 1, range(start, stop))
+        return grad, metrics, count
 
-    def compute_allreduce(self, flat_params: torch.Tensor, step: int, start: int, stop: int, group: str,
+    def compute(self, flat_params: np.ndarray, step: int, start: int, stop: int):
+        t0 = time.perf_counter()
+        grad, metrics, count = self._shard(flat_params, step, start, stop)
+        return grad.numpy(), metrics, count, time.perf_counter() - t0
+
+    def compute_allreduce(self, flat_params: np.ndarray, step: int, start: int, stop: int, group: str,
                           rank: int):
         """Compute this shard, then sum the shard gradients of all workers with a
         collective allreduce; only rank 0 returns the sum to the learner."""
@@ -111,12 +127,12 @@ class TaskWorker:
 
         t0 = time.perf_counter()
         if stop > start:
-            grad, metrics, count = self.core.shard_gradient(flat_params, step, range(start, stop))
+            grad, metrics, count = self._shard(flat_params, step, start, stop)
         else:
-            grad, metrics, count = torch.zeros(flat_params.numel(), dtype=self.core.dtype), {}, 0
+            grad, metrics, count = torch.zeros(flat_params.size, dtype=self.core.dtype), {}, 0
         compute = time.perf_counter() - t0
         col.allreduce(grad, group_name=group)
-        return (grad if rank == 0 else None), metrics, count, compute
+        return (grad.numpy() if rank == 0 else None), metrics, count, compute
 
     def inject_fault(self, step: int, after_tasks: int, mode: str) -> None:
         """Test hook: at meta-step ``step``, after ``after_tasks`` tasks of a shard,
@@ -247,7 +263,7 @@ class RayEngine:
                 self._replace(slot, "left with the failed collective group")
             self._adopt_ready_replacements(wait=self.cfg.engine.placement_timeout_s)
             return None
-        grad = results[0][0]
+        grad = torch.from_numpy(np.array(results[0][0], copy=True))
         metrics: Dict[str, float] = {}
         for _, m, _, _ in results:
             for k, v in m.items():
@@ -309,9 +325,10 @@ class RayEngine:
         # Small parameter vectors travel inline with each task: ray.put plus a by-reference
         # argument cost ~2-3 ms more per step than that on 2 cores (sinusoid MLP, 7 KB;
         # benchmarks/README.md). Large ones go to the object store once, shared by all workers.
-        param_bytes = flat_params.numel() * flat_params.element_size()
+        flat_np = flat_params.detach().cpu().numpy()  # numpy travels ~0.4 ms faster than a torch tensor
+        param_bytes = flat_np.nbytes
         by_value = param_bytes <= INLINE_PARAMS_BYTES
-        params_arg = flat_params if by_value else ray.put(flat_params)
+        params_arg = flat_np if by_value else ray.put(flat_np)
         params_sent = 0 if by_value else param_bytes
         if self.allreduce:
             out = self._allreduce_step(params_arg, step, meta_batch)
@@ -359,14 +376,17 @@ class RayEngine:
         grad, metrics, count, compute = None, {}, 0, 0.0
         for shard in sorted(results):
             g, m, n, seconds = results[shard]
-            grad = g if grad is None else grad + g
+            if grad is None:
+                grad = np.array(g, copy=True)  # results may be read-only views of the object store
+            else:
+                grad += g
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + v
             count += n
             compute = max(compute, seconds)
         wall = time.perf_counter() - t0
-        self.bytes_last_step = params_sent + sum(r[0].numel() * r[0].element_size() for r in results.values())
-        return grad, metrics, count, {"compute": compute, "overhead": max(wall - compute, 0.0)}
+        self.bytes_last_step = params_sent + sum(r[0].nbytes for r in results.values())
+        return torch.from_numpy(grad), metrics, count, {"compute": compute, "overhead": max(wall - compute, 0.0)}
 
     def close(self) -> None:
         import ray
