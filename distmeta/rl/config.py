@@ -9,7 +9,7 @@ Example (``experiments/rl2_bandits.yaml``)::
       env_steps: 2000000
       rl2: {episodes_per_trial: 100, cell_size: 128}
 
-Shared fields sit at the top; ``rl2`` holds PPO/LSTM settings, ``maml`` the
+Shared fields sit at the top; ``rl2`` holds PPO/recurrent-module settings, ``maml`` the
 MAML-RL settings. :func:`parse_rl` turns the dict into :class:`RLConfig` or
 raises :class:`distmeta.config.ConfigError` naming the field.
 """
@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 from distmeta.config import ConfigError, _build
 
 ALGORITHMS = ["rl2", "maml_rl"]
-RECURRENT = ["lstm"]
+RECURRENT = ["lstm", "gru"]
 MAML_BASELINES = ["linear", "none"]
 MAML_OUTER = ["promp", "vpg"]
 MAML_SAMPLERS = ["learner", "env_runners"]
@@ -30,7 +30,7 @@ MAML_SAMPLERS = ["learner", "env_runners"]
 @dataclass
 class RL2Section:
     episodes_per_trial: int = 10      # K sub-episodes of one task joined into one RLlib episode
-    recurrent: str = "lstm"           # RLlib's default PPO RLModule (LSTM encoder)
+    recurrent: str = "lstm"           # lstm: RLlib's default PPO RLModule (LSTM encoder) | gru: distmeta.rl.gru_module
     cell_size: int = 64
     hidden: List[int] = field(default_factory=lambda: [64])
     max_seq_len: int = 20             # BPTT chunk length (state carried between chunks)

@@ -1,5 +1,7 @@
-"""RL^2 (Duan et al., 2016) on RLlib's new API stack: PPO with an LSTM RLModule
-over :class:`~distmeta.rl.trial_wrapper.TrialWrapper` episodes.
+"""RL^2 (Duan et al., 2016) on RLlib's new API stack: PPO with a recurrent RLModule
+over :class:`~distmeta.rl.trial_wrapper.TrialWrapper` episodes (``rl2.recurrent``:
+``lstm``, RLlib's default PPO RLModule with an LSTM encoder, or ``gru``,
+:class:`~distmeta.rl.gru_module.GRUPPOTorchRLModule`).
 
 - :class:`RL2TrialEnv`: the env class RLlib builds on each EnvRunner (a trial
   wrapper around a distmeta env; task stream seeded from the run seed and the
@@ -79,11 +81,31 @@ def tasks_on_runners(algo) -> List[Any]:
 
 
 def model_config(rl: RLConfig):
+    """RLlib's DefaultModelConfig of the default PPO RLModule with an LSTM encoder (``recurrent: lstm``)."""
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
     s = rl.rl2
     return DefaultModelConfig(use_lstm=True, lstm_cell_size=s.cell_size, max_seq_len=s.max_seq_len,
                               fcnet_hiddens=list(s.hidden), fcnet_activation="tanh", vf_share_layers=True)
+
+
+def module_spec(rl: RLConfig, observation_space=None, action_space=None):
+    """The RLModuleSpec of the run's recurrent PPO module (spaces None: RLlib fills them in)."""
+    import dataclasses
+
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    if rl.rl2.recurrent == "gru":
+        from distmeta.rl.gru_module import GRUPPOTorchRLModule, gru_model_config
+
+        s = rl.rl2
+        return RLModuleSpec(module_class=GRUPPOTorchRLModule, observation_space=observation_space,
+                            action_space=action_space,
+                            model_config=gru_model_config(s.cell_size, s.hidden, s.max_seq_len))
+    from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
+
+    return RLModuleSpec(module_class=DefaultPPOTorchRLModule, observation_space=observation_space,
+                        action_space=action_space, model_config=dataclasses.asdict(model_config(rl)))
 
 
 def env_config(rl: RLConfig, seed: int, tasks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
@@ -95,6 +117,7 @@ def build_ppo_config(rl: RLConfig, seed: int, train_tasks: Optional[List[Dict[st
     from ray.rllib.algorithms.ppo import PPOConfig
 
     s = rl.rl2
+    module = {"rl_module_spec": module_spec(rl)} if s.recurrent == "gru" else {"model_config": model_config(rl)}
     return (
         PPOConfig()
         .environment(RL2TrialEnv, env_config=env_config(rl, seed, train_tasks))
@@ -106,7 +129,7 @@ def build_ppo_config(rl: RLConfig, seed: int, train_tasks: Optional[List[Dict[st
                   num_epochs=s.num_epochs, lr=s.lr, gamma=s.gamma, lambda_=s.gae_lambda, clip_param=s.clip_param,
                   entropy_coeff=s.entropy_coeff, vf_loss_coeff=s.vf_loss_coeff,
                   grad_clip=s.grad_clip or None, use_kl_loss=False, vf_clip_param=1e4)
-        .rl_module(model_config=model_config(rl))
+        .rl_module(**module)
         .debugging(seed=int(seed), log_level="ERROR")
         .callbacks(_make_task_callback())
         .fault_tolerance(restart_failed_env_runners=True)
@@ -120,16 +143,8 @@ def spaces_for(rl: RLConfig):
 
 
 def build_module(rl: RLConfig):
-    """The PPO LSTM RLModule of an RL^2 run, built without Ray (for evaluation and tests)."""
-    import dataclasses
-
-    from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
-    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-
-    obs_space, act_space = spaces_for(rl)
-    spec = RLModuleSpec(module_class=DefaultPPOTorchRLModule, observation_space=obs_space,
-                        action_space=act_space, model_config=dataclasses.asdict(model_config(rl)))
-    return spec.build()
+    """The recurrent PPO RLModule of an RL^2 run, built without Ray (for evaluation and tests)."""
+    return module_spec(rl, *spaces_for(rl)).build()
 
 
 def module_from_state(rl: RLConfig, state: Dict[str, torch.Tensor]):
@@ -161,7 +176,8 @@ def evaluate_module(module, rl: RLConfig, tasks: Sequence[Dict[str, Any]], seed:
         envs = [RL2TrialEnv(env_config(rl, seed)) for _ in chunk]
         obs = np.stack([env.reset(seed=int(seed) * 100003 + start + i, options={"task": t})[0]
                         for i, (env, t) in enumerate(zip(envs, chunk))])
-        init = module.get_initial_state()
+        # whatever the module's state keys are (LSTM: "h", "c"; GRU: "h"), batched over tasks
+        init = _tree_map(torch.as_tensor, module.get_initial_state())
         state = _tree_map(lambda x: x.unsqueeze(0).repeat(len(chunk), *([1] * x.dim())), init)
         done = np.zeros(len(chunk), bool)
         while not done.all():

@@ -1,0 +1,92 @@
+"""A GRU policy/value RLModule for PPO on RLlib's new API stack (``rl.rl2.recurrent: gru``).
+
+Over the :class:`~distmeta.rl.trial_wrapper.TrialWrapper` observations
+``x_t = [obs_t, a_{t-1}, r_{t-1}, done_{t-1}]`` the module computes::
+
+    e_t = MLP(x_t)                        # rl2.hidden, tanh
+    h_t = GRU(e_t, h_{t-1})               # rl2.cell_size, h_0 = 0 at the start of a trial
+    pi(a_t | x_<=t) = dist(W_pi h_t)      # Categorical (Discrete) or DiagGaussian (Box)
+    V(x_<=t)        = w_v . h_t           # ValueFunctionAPI.compute_values, for PPO's GAE
+
+The recurrent state is ``{"h": (cell_size,)}`` (batched: ``(B, cell_size)``). Inputs come
+batch-major, ``OBS: (B, T, obs_dim)`` with ``STATE_IN["h"]: (B, cell_size)``: T = 1 on the
+EnvRunners, T = ``max_seq_len`` on the Learner, where RLlib's connectors
+(``AddStatesFromEpisodesToBatch``) cut episodes into ``max_seq_len`` chunks, pad them and
+feed each chunk the stored state that entered it, as for RLlib's LSTM encoder; the
+connectors and GAE read ``model_config["max_seq_len"]``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
+from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.utils.annotations import override
+
+
+def gru_model_config(cell_size: int, hidden: List[int], max_seq_len: int) -> Dict[str, Any]:
+    """The ``model_config`` dict of :class:`GRUPPOTorchRLModule`."""
+    return {"gru_cell_size": int(cell_size), "gru_hidden": [int(h) for h in hidden],
+            "max_seq_len": int(max_seq_len)}
+
+
+class GRUPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
+    """MLP -> GRU -> (policy head, value head), with a shared recurrent encoder."""
+
+    def __init__(self, *args, **kwargs):
+        # PPO's default spec carries PPOCatalog; this module builds its own layers, and a
+        # module built through Ray must equal one built from a checkpoint without it.
+        kwargs.pop("catalog_class", None)
+        super().__init__(*args, **kwargs)
+
+    @override(TorchRLModule)
+    def setup(self):
+        cfg = self.model_config or {}
+        self._cell_size = int(cfg.get("gru_cell_size", 64))
+        in_size = int(self.observation_space.shape[0])
+        layers: List[nn.Module] = []
+        for size in cfg.get("gru_hidden", [64]):
+            layers += [nn.Linear(in_size, int(size)), nn.Tanh()]
+            in_size = int(size)
+        self._mlp = nn.Sequential(*layers)
+        self._gru = nn.GRU(in_size, self._cell_size, batch_first=True)
+        out = self.get_train_action_dist_cls().required_input_dim(self.action_space)
+        self._pi = nn.Linear(self._cell_size, out)
+        self._vf = nn.Linear(self._cell_size, 1)
+        nn.init.orthogonal_(self._pi.weight, gain=0.01)  # near-uniform initial policy
+        nn.init.zeros_(self._pi.bias)
+        nn.init.orthogonal_(self._vf.weight, gain=1.0)
+        nn.init.zeros_(self._vf.bias)
+
+    @override(RLModule)
+    def get_initial_state(self) -> Dict[str, torch.Tensor]:
+        return {"h": torch.zeros(self._cell_size)}
+
+    def _encode(self, batch: Dict[str, Any]):
+        """(B, T, obs_dim), {"h": (B, H)} -> embeddings (B, T, H), {"h": (B, H)}."""
+        x = self._mlp(batch[Columns.OBS].float())
+        h0 = batch[Columns.STATE_IN]["h"].float().unsqueeze(0)  # (num_layers=1, B, H)
+        out, h = self._gru(x, h0)
+        return out, {"h": h.squeeze(0)}
+
+    @override(RLModule)
+    def _forward(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
+        emb, state_out = self._encode(batch)
+        return {Columns.ACTION_DIST_INPUTS: self._pi(emb), Columns.STATE_OUT: state_out}
+
+    @override(RLModule)
+    def _forward_train(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
+        emb, state_out = self._encode(batch)
+        return {Columns.ACTION_DIST_INPUTS: self._pi(emb), Columns.STATE_OUT: state_out,
+                Columns.EMBEDDINGS: emb}
+
+    @override(ValueFunctionAPI)
+    def compute_values(self, batch: Dict[str, Any], embeddings: Optional[Any] = None) -> torch.Tensor:
+        if embeddings is None:
+            embeddings, _ = self._encode(batch)
+        return self._vf(embeddings).squeeze(-1)
