@@ -157,7 +157,8 @@ def test_rllib_mamlrl_algorithm_two_learners(ray_session, tmp_path):
     adapted weights pushed per task) with two RLlib Learners: after meta-steps both Learner
     copies are bit-identical, they moved, and the EnvRunner holds the meta-parameters again."""
     from distmeta.rl.config import parse_rl
-    from distmeta.rl.maml_algorithm import _single, build_maml_config
+    from distmeta.rl.maml_algorithm import _AlgoPoolView, _single, build_maml_config, load_pool_state
+    from distmeta.rl.runner import to_plain
 
     rl = parse_rl({"algorithm": "maml_rl", "env": "point_nav", "env_config": {"horizon": 20}, "num_learners": 2,
                    "maml": {"meta_batch": 4, "episodes_per_task": 3, "hidden": [8], "init_log_std": -2.0,
@@ -174,5 +175,38 @@ def test_rllib_mamlrl_algorithm_two_learners(ray_session, tmp_path):
         runner_params = flatten({k: v.detach() for k, v in
                                  _single(algo.env_runner.module).functional_params().items()})
         torch.testing.assert_close(runner_params, flats[0])
+        saved = to_plain(_AlgoPoolView(algo).state())
     finally:
         algo.stop()
+    # a resumed run gets the parameters and the Adam moments back, not a fresh optimizer
+    assert saved["optimizer"]["state"], "the checkpoint holds no optimizer state"
+    again = build_maml_config(rl, 1).learners(num_learners=1, num_cpus_per_learner=0).build_algo()
+    try:
+        load_pool_state(again, saved)
+        restored = to_plain(_AlgoPoolView(again).state())
+    finally:
+        again.stop()
+    torch.testing.assert_close(flatten(restored["params"]), flats[0])
+    for key, moments in saved["optimizer"]["state"].items():
+        for name, value in moments.items():
+            torch.testing.assert_close(torch.as_tensor(restored["optimizer"]["state"][key][name]),
+                                       torch.as_tensor(value))
+
+
+def test_paired_difference_against_its_formula():
+    from distmeta.rl.maml_rl import paired_difference
+
+    rng = np.random.default_rng(0)
+    goal_difficulty = rng.normal(0, 10, size=200)          # shared by both methods on the same goal
+    a = goal_difficulty + 1.0 + rng.normal(0, 1, size=200)
+    b = goal_difficulty + rng.normal(0, 1, size=200)
+    out = paired_difference(a, b)
+    d = a - b
+    assert out["tasks"] == 200
+    assert out["mean_difference"] == pytest.approx(d.mean())
+    assert out["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(200))
+    assert out["ci95"] == pytest.approx(1.96 * out["se"])
+    # pairing removes the per-goal variance that independent standard errors would carry
+    independent = np.sqrt(a.var(ddof=1) / 200 + b.var(ddof=1) / 200)
+    assert out["se"] < independent / 5
+    assert out["standard_errors"] > 5

@@ -308,8 +308,25 @@ class _AlgoPoolView:
         return self.algo._current_params()
 
     def state(self) -> Dict[str, Any]:
-        # Adam moments stay inside RLlib's Learner; a resume restarts them (parameters are kept).
-        return {"params": self.get_params(), "optimizer": {}, "meta_iteration": self.algo._meta_iter}
+        """Parameters, the outer optimizer's state (Learner copies are identical: the first one's)
+        and the meta-iteration: everything a resume needs to continue the same run."""
+        optimizer = self.algo._learner_results(lambda l: l.get_optimizer().state_dict())[0]
+        return {"params": self.get_params(), "optimizer": optimizer, "meta_iteration": self.algo._meta_iter}
+
+
+def load_pool_state(algo: MAMLRL, pool_state: Dict[str, Any]) -> None:
+    """Put a checkpointed ``_AlgoPoolView.state()`` into every Learner and the EnvRunners."""
+    params = {k: torch.as_tensor(v) for k, v in pool_state["params"].items()}
+    flat = core.flatten(params)
+    optimizer = pool_state.get("optimizer") or None
+
+    def load(learner):
+        _load_flat(learner, flat)
+        if optimizer:
+            learner.get_optimizer().load_state_dict(optimizer)
+
+    algo._learner_results(load)
+    algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
 
 
 def run_algorithm_training(rl: RLConfig, seed: int, iterations: int, on_iteration, pool_state=None,
@@ -320,11 +337,7 @@ def run_algorithm_training(rl: RLConfig, seed: int, iterations: int, on_iteratio
     algo = build_maml_config(rl, seed).build_algo()
     try:
         if pool_state is not None:
-            params = {k: torch.as_tensor(v) for k, v in pool_state["params"].items()}
-            flat = core.flatten(params)
-            algo._learner_results(lambda l: _load_flat(l, flat))
-            algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group,
-                                               inference_only=True)
+            load_pool_state(algo, pool_state)
         algo._meta_iter = start_iteration
         view = _AlgoPoolView(algo)
         for it in range(start_iteration, iterations):

@@ -430,6 +430,16 @@ def _summary(returns_by_step: np.ndarray, inner_steps: int) -> Dict[str, Any]:
     return out
 
 
+def paired_difference(a: np.ndarray, b: np.ndarray) -> Dict[str, Any]:
+    """MAML minus a baseline on the same held-out tasks: mean of d_i = a_i - b_i, its standard
+    error s_d / sqrt(n), the 95 % CI half-width and the mean in standard errors (d / se)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    mean = float(d.mean())
+    return {"mean_difference": mean, "se": se, "ci95": 1.96 * se, "standard_errors": mean / se if se > 0 else
+            float("nan"), "tasks": int(len(d))}
+
+
 # -- the training loop (used for MAML-RL and for the same-run baselines) -------------------------
 def _iterations_for(rl: RLConfig, sampler_horizon: int, inner_steps: int) -> int:
     m = rl.maml
@@ -575,6 +585,7 @@ def evaluate_maml_checkpoint(rl: RLConfig, ckpt: Dict[str, Any], tasks, seed: in
             ev_b = evaluate_params(base["pretrained"], sampler, tasks, m, m.inner_steps, seed)
             out["baselines"]["pretrained"] = _summary(ev_b, m.inner_steps)
             out["baselines"]["pretrained_0_steps"] = _summary(ev_b, 0)
+            out["vs_pretrained"] = paired_difference(ev[:, m.inner_steps], ev_b[:, m.inner_steps])
         if "oracle" in base:
             o_sampler = TaskSampler(rl.env, {**rl.env_config, "oracle": True})
             ev_o = evaluate_params(base["oracle"], o_sampler, tasks, m, 0, seed)
