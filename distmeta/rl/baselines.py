@@ -1,17 +1,20 @@
 """Same-run baselines for the Meta-RL evaluations.
 
 - Bernoulli bandits: random, UCB1 (Auer et al. 2002), Thompson sampling with a
-  Beta(1, 1) prior; vectorised over tasks, on the very held-out tasks the agent
-  is evaluated on. Returns are per (task, pull), so they line up with RL^2's
-  per-episode-index adaptation curve (one pull is one episode).
+  Beta(1, 1) prior and the finite-horizon Gittins index policy (Beta(1, 1)
+  prior, undiscounted, index depending on the pulls left; see
+  ``gittins_table``), vectorised over tasks, on the very held-out tasks the
+  agent is evaluated on, plus the best arm's mean as a ceiling. Returns are per
+  (task, pull), so they line up with RL^2's per-episode-index adaptation curve
+  (one pull is one episode).
 - Tabular MDPs: random (simulated) and the per-task optimal policy (finite
   horizon value iteration on the true model, expected return) as a ceiling.
-
-Gittins indices are not implemented (see the README section).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Sequence
+import functools
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -77,6 +80,127 @@ def bandit_thompson(means: np.ndarray, pulls: int, seed: int = 0) -> np.ndarray:
     return _run_index_policy(means, pulls, seed, choose)
 
 
+class GittinsTable:
+    """Finite-horizon Gittins indices of one Bernoulli arm for every state reachable within ``horizon`` pulls.
+
+    ``table(a, b, h)`` (vectorised, numpy broadcasting) is the index of an arm with posterior Beta(a, b)
+    (a = 1 + successes, b = 1 + failures) when ``h`` pulls are left, for integers a, b >= 1, h >= 1 and
+    (a - 1) + (b - 1) + h <= horizon. Values are stored as float32, one flat block per number of pulls
+    so far m = a + b - 2 (rows: successes, columns: h = 1 .. horizon - m).
+    """
+
+    def __init__(self, horizon: int, grid: int, values: np.ndarray, offsets: np.ndarray, build_seconds: float):
+        self.horizon, self.grid, self.values, self.offsets = horizon, grid, values, offsets
+        self.build_seconds = build_seconds
+
+    def __call__(self, a, b, h) -> np.ndarray:
+        s = np.asarray(a, dtype=np.int64) - 1
+        f = np.asarray(b, dtype=np.int64) - 1
+        h = np.asarray(h, dtype=np.int64)
+        m = s + f
+        if np.any(s < 0) or np.any(f < 0) or np.any(h < 1) or np.any(m + h > self.horizon):
+            raise ValueError(f"Gittins index: need a, b >= 1, h >= 1 and a + b - 2 + h <= {self.horizon}")
+        return self.values[self.offsets[m] + s * (self.horizon - m) + (h - 1)].astype(np.float64)
+
+
+def _gittins_default_grid(horizon: int) -> int:
+    return 400 if horizon <= 200 else 200
+
+
+@functools.lru_cache(maxsize=4)
+def gittins_table(horizon: int, grid: Optional[int] = None) -> GittinsTable:
+    """Finite-horizon Gittins indices (Bernoulli arm, Beta(1, 1) prior, no discounting), cached per horizon.
+
+    For a retirement reward ``lam`` per remaining pull, the value of an arm in state Beta(a, b) with ``h``
+    pulls left is (p = a / (a + b), V(., ., 0) = 0)::
+
+        V(a, b, h) = max(lam * h, p + p * V(a + 1, b, h - 1) + (1 - p) * V(a, b + 1, h - 1))
+
+    and the index is the largest ``lam`` at which pulling once more (and retiring optimally later) is still
+    at least as good as retiring now: ``sup{lam : p + p V(a+1, b, h-1) + (1-p) V(a, b+1, h-1) >= lam h}``.
+    Equivalently it is the best reward rate max_tau E[rewards up to tau] / E[tau] over stopping times
+    1 <= tau <= h; it equals the posterior mean for h = 1 and grows with h.
+
+    Computation: for each ``lam`` on a uniform grid of ``grid`` points in (0, 1) (default 400 up to
+    horizon 200, 200 beyond), ONE backward DP over all states (a, b, h) with a + b - 2 + h <= horizon
+    (vectorised over lam and states, run in excess-value form U = V - lam * h, E = expected pulls before
+    retiring) gives, at every state, the optimal stopping rule tau_lam after one forced pull and its rate
+    E[R]/E[tau] (the Dinkelbach / tangent step of the convex, piecewise-linear continuation advantage).
+    Every such rate is a lower bound on the index and equals it as soon as some grid lam shares the
+    optimal stopping rule with the index itself; the table keeps the maximum over the grid (and the
+    posterior mean). Accuracy (against grids 4-10x finer and a plain recursive DP with bisection): at
+    horizon 100 (grid 400) at most ~1e-4 (mean ~2e-6); at horizon 500 the default grid is coarser (200
+    points): at most ~2e-3, mean ~3.5e-4, which moved the policy's mean total reward on 1000 tasks by
+    0.1 +- 0.07 (k = 5) and 0.02 +- 0.03 (k = 10) against a 800-point grid, i.e. not measurably. The
+    work is grid * horizon^3 / 6 state updates: ~0.7 s of one CPU core at horizon 100, ~21 s at horizon
+    500 (once per process: cached), where the table takes 80 MB (float32); horizons far beyond 500 get
+    slow (cubic) and large.
+    """
+    n = int(horizon)
+    L = int(grid or _gittins_default_grid(n))
+    if n < 1 or L < 1:
+        raise ValueError("Gittins table: horizon and grid must be >= 1")
+    t0 = time.perf_counter()
+    dt = np.float32
+    lams = (np.arange(L) + 0.5) / L
+    sizes = [(m + 1) * (n - m) for m in range(n)]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(sizes)
+    values = np.empty(int(offsets[-1]), dtype=dt)
+    # layer m (m = a + b - 2 pulls so far): arrays over (lam, successes 0..m, h = 0..n-m); h = 0 is 0
+    U = np.zeros((L, n + 1, 1), dt)  # V - lam * h, the advantage over retiring now (>= 0, up to ties)
+    E = np.zeros((L, n + 1, 1), dt)  # expected number of pulls before retiring under the optimal rule
+    for m in range(n - 1, -1, -1):
+        H = n - m
+        p = (1.0 + np.arange(m + 1)) / (2.0 + m)
+        pc = p.astype(dt)[:, None]
+        Un = np.empty((L, m + 1, H + 1), dt)
+        En = np.empty((L, m + 1, H + 1), dt)
+        Un[:, :, 0] = 0
+        En[:, :, 0] = 0
+        best = np.repeat(pc, H, axis=1)  # the posterior mean is the rate of "pull once, then retire"
+        chunk = max(1, (1 << 20) // (4 * (m + 1) * H))  # lam chunks of ~1 MB per array: cache-friendly
+        for j0 in range(0, L, chunk):
+            j1 = min(L, j0 + chunk)
+            lam = lams[j0:j1, None, None]
+            adv = Un[j0:j1, :, 1:]  # continuation advantage: p - lam + p U(a+1, b) + (1-p) U(a, b+1)
+            np.subtract(U[j0:j1, 1:, :], U[j0:j1, :-1, :], out=adv)
+            adv *= pc
+            adv += U[j0:j1, :-1, :]
+            adv += (p[None, :, None] - lam).astype(dt)
+            tau = En[j0:j1, :, 1:]  # expected pulls when pulling now: 1 + p E(a+1, b) + (1-p) E(a, b+1)
+            np.subtract(E[j0:j1, 1:, :], E[j0:j1, :-1, :], out=tau)
+            tau *= pc
+            tau += E[j0:j1, :-1, :]
+            tau += 1
+            rate = adv / tau  # = E[R]/E[tau] - lam for the rule that is optimal at lam
+            rate += lam.astype(dt)
+            np.maximum(best, rate.max(axis=0), out=best)
+            # retire (advantage 0, no more pulls) unless pulling is at least as good; ties (a state whose
+            # index is this very grid lam, e.g. a posterior mean 0.505) count as pulling, up to float32
+            # rounding, so that the rule is the one optimal just below the grid point
+            keep = adv > -1e-5
+            adv *= keep
+            tau *= keep
+        values[offsets[m]:offsets[m + 1]] = best.ravel()
+        U, E = Un, En
+    return GittinsTable(n, L, values, offsets, time.perf_counter() - t0)
+
+
+def bandit_gittins(means: np.ndarray, pulls: int, seed: int = 0) -> np.ndarray:
+    """Pull the arm with the largest finite-horizon Gittins index (``gittins_table``) given its Beta(1 +
+    successes, 1 + failures) posterior and the pulls left (``pulls - t``); ties broken at random."""
+    table = gittins_table(int(pulls))
+
+    def choose(succ, count, t, rng):
+        s = succ.astype(np.int64)
+        idx = table(1 + s, 1 + count.astype(np.int64) - s, pulls - t)
+        idx += 1e-9 * rng.random(idx.shape)  # random tie-breaking
+        return idx.argmax(axis=1)
+
+    return _run_index_policy(means, pulls, seed, choose)
+
+
 def bandit_oracle(means: np.ndarray, pulls: int) -> np.ndarray:
     """Expected reward of always pulling the best arm (not a policy: a ceiling)."""
     return np.repeat(means.max(axis=1, keepdims=True), pulls, axis=1)
@@ -89,6 +213,7 @@ def bandit_baselines(tasks: Sequence[Dict[str, Any]], pulls: int, seed: int = 0)
         "random": bandit_random(means, pulls, seed),
         "ucb1": bandit_ucb1(means, pulls, seed),
         "thompson": bandit_thompson(means, pulls, seed),
+        "gittins": bandit_gittins(means, pulls, seed),
         "oracle_best_arm": bandit_oracle(means, pulls),
     }
 

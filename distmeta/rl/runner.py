@@ -211,8 +211,9 @@ def _evaluate_rl2(rl: RLConfig, ckpt: Dict[str, Any], tasks, seed: int) -> Dict[
     returns = rl2.evaluate_module(module, rl, tasks, seed=seed)
     out = summarize(returns)
     out["baselines"] = _baseline_summaries(rl, tasks, seed)
-    if "thompson" in out["baselines"]:
-        out["fraction_of_thompson"] = out["mean_return"] / out["baselines"]["thompson"]["mean_return"]
+    for name in ("thompson", "gittins"):
+        if name in out["baselines"]:
+            out[f"fraction_of_{name}"] = out["mean_return"] / out["baselines"][name]["mean_return"]
     return out
 
 
