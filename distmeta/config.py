@@ -109,6 +109,7 @@ class EngineConfig:
     placement_timeout_s: float = 120.0
     max_worker_restarts: int = 8
     allreduce_threshold_mb: float = 0.0  # 0 disables collective allreduce
+    compiled_graph: str = "auto"     # auto (parameters <= 64 KiB) | always | never: Ray compiled graphs per worker
 
 
 @dataclass
@@ -155,6 +156,7 @@ CHOICES = {
     "engine.placement": ["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"],
     "engine.device": ["auto", "cpu", "cuda"],
     "engine.dtype": ["float32", "float64"],
+    "engine.compiled_graph": ["auto", "always", "never"],
     "eval.split": ["train", "val", "test"],
     "data.preset": [None, "maml", "official", "minimal"],
 }

@@ -7,6 +7,13 @@ Protocol, per meta-step t (the same for every method):
    metrics, task count, compute seconds)`` from ``MetaCore.shard_gradient``;
 3. the learner sums the shards in task order and applies their mean once.
 
+Latency: when the parameters are small (``engine.compiled_graph: auto``, at most
+64 KiB, where an actor call's latency is a large part of the step), each worker
+runs a Ray compiled graph (``InputNode -> worker.compute``) whose shared-memory
+channels cost about a third of an actor call. One graph per worker, so a failure
+names its worker; any failure tears the graphs down and the step's missing shards
+go through ordinary actor calls, as below; the graphs are rebuilt at the next step.
+
 Fault tolerance: a shard whose worker dies (``ray.kill``, SIGKILL, a lost node)
 or does not answer within ``engine.shard_timeout_s`` (a hung worker) is re-run on
 a live worker, and the dead or slow worker is replaced when resources allow.
@@ -190,6 +197,12 @@ class RayEngine:
         self.group = None
         if self.allreduce:
             self._create_group()
+        param_bytes = core.initial_flat_params().numel() * torch.finfo(core.dtype).bits // 8
+        self.compiled = not self.allreduce and (
+            e.compiled_graph == "always" or (e.compiled_graph == "auto" and param_bytes <= INLINE_PARAMS_BYTES))
+        self._graphs: Dict[int, Tuple[Tuple[int, int], Any]] = {}  # slot -> (shard, compiled graph)
+        self._graphs_key = None
+        self.compiled_steps = 0                                     # steps finished on the compiled path
         for slot, (step, after, mode) in (fault_plan or {}).items():
             ray.get(self.slots[slot].inject_fault.remote(step, after, mode))
 
@@ -271,6 +284,67 @@ class RayEngine:
         count = sum(r[2] for r in results)
         return grad, metrics, count, max(r[3] for r in results)
 
+    # -- compiled graphs -------------------------------------------------------------
+    def _compiled_graphs(self, meta_batch: int) -> Dict[int, Tuple[Tuple[int, int], Any]]:
+        """One compiled graph per live worker, for the current workers and shards."""
+        from ray.dag import InputNode
+
+        slots = sorted(self.slots)
+        shards = shard_sizes(meta_batch, len(slots))
+        key = tuple((s, self.slots[s]._actor_id.hex(), shard) for s, shard in zip(slots, shards))
+        if key != self._graphs_key:
+            self._teardown_graphs()
+            for s, shard in zip(slots, shards):
+                with InputNode() as inp:
+                    node = self.slots[s].compute.bind(inp[0], inp[1], *shard)
+                self._graphs[s] = (shard, node.experimental_compile())
+            self._graphs_key = key
+        return self._graphs
+
+    def _teardown_graphs(self) -> None:
+        graphs, self._graphs, self._graphs_key = self._graphs, {}, None
+        for _, graph in graphs.values():
+            try:
+                graph.teardown()
+            except Exception as exc:  # a graph whose actor died may already be gone
+                log.debug("distmeta: compiled graph teardown: %s", exc)
+
+    def _compiled_step(self, flat_np: np.ndarray, step: int, meta_batch: int):
+        """Run step ``step`` on the compiled graphs. Returns (results by shard, shards still to
+        run): the failed shards, after replacing their workers; None when the graphs could not
+        be used at all this step (the caller runs every shard through actor calls)."""
+        from ray.exceptions import RayTaskError
+
+        try:
+            graphs = self._compiled_graphs(meta_batch)
+            refs = {slot: (shard, graph.execute(flat_np, step)) for slot, (shard, graph) in graphs.items()}
+        except Exception as exc:  # a worker died between steps, or compiled graphs are unavailable here
+            log.warning("distmeta: compiled graphs unusable at step %d (%s: %s); using actor calls",
+                        step, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            self._teardown_graphs()
+            return {}, None
+        deadline = time.monotonic() + self.cfg.engine.shard_timeout_s
+        results, failed = {}, []
+        for slot, (shard, ref) in refs.items():
+            try:
+                results[shard] = ref.get(timeout=max(0.0, deadline - time.monotonic()))
+            except RayTaskError:  # the user's code raised: as on the actor-call path, the run fails
+                self._teardown_graphs()
+                raise
+            except TimeoutError:
+                failed.append((slot, shard, f"did not return shard {shard} of step {step} within "
+                                            f"{self.cfg.engine.shard_timeout_s:g}s"))
+            except Exception as exc:
+                failed.append((slot, shard, f"died during shard {shard} of step {step} ({type(exc).__name__})"))
+        if failed:
+            for slot, _, reason in failed:
+                if slot in self.slots:
+                    self._replace(slot, reason)   # kills it first: a hung actor would block teardown
+            self._teardown_graphs()               # frees the live workers for ordinary actor calls
+        else:
+            self.compiled_steps += 1
+        return results, [shard for _, shard, _ in failed]
+
     # -- worker pool -------------------------------------------------------------
     def _replace(self, slot: int, reason: str) -> None:
         import ray
@@ -337,8 +411,16 @@ class RayEngine:
                 wall = time.perf_counter() - t0
                 self.bytes_last_step = params_sent + (param_bytes * len(self.slots) if by_value else 0) + param_bytes
                 return grad, metrics, count, {"compute": compute, "overhead": max(wall - compute, 0.0)}
-        todo = shard_sizes(meta_batch, len(self.slots))
-        results: Dict[Tuple[int, int], Any] = {}
+        todo, results = None, {}
+        if self.compiled:
+            results, todo = self._compiled_step(flat_np, step, meta_batch)
+            params_sent += param_bytes * (len(results) + len(todo or []))
+            if todo and not self.slots:
+                self._adopt_ready_replacements(wait=self.cfg.engine.placement_timeout_s)
+                if not self.slots:
+                    raise DistmetaError("engine: all workers lost and no replacement could be placed")
+        if todo is None:
+            todo = shard_sizes(meta_batch, len(self.slots))
         while todo:
             slots = sorted(self.slots)
             inflight = {}
@@ -394,6 +476,7 @@ class RayEngine:
 
         if not ray.is_initialized():
             return
+        self._teardown_graphs()
         for actor in list(self.slots.values()) + [a for _, a, _ in self._pending]:
             try:
                 ray.kill(actor, no_restart=True)
