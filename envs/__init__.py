@@ -63,18 +63,21 @@ def task_splits(env: Any, n_train: int, n_test: int, seed: int = 0) -> Tuple[Lis
 
     Train tasks come from seed stream ``(seed, 0)``, test tasks from ``(seed, 1)``;
     any test task that also occurs among the train tasks is dropped and redrawn.
+    Test tasks are i.i.d. draws, so a finite distribution may repeat one among them
+    (HalfCheetah-Dir / Ant-Dir have two tasks: with ``n_train=0`` the held-out set is
+    ``n_test`` draws of +1/-1, as in the MAML paper; with ``n_train > 0`` the train
+    tasks cover both directions and no disjoint test task exists: RuntimeError).
     """
     env = getattr(env, "unwrapped", env)
     ss = np.random.SeedSequence([int(seed), 0])
     train = env.sample_tasks(n_train, int(ss.generate_state(1)[0])) if n_train else []
-    keys = {task_key(t) for t in train}
+    train_keys = {task_key(t) for t in train}
     test: List[Task] = []
     attempt = 0
     while len(test) < n_test:
         sub = int(np.random.SeedSequence([int(seed), 1, attempt]).generate_state(1)[0])
         for t in env.sample_tasks(n_test - len(test), sub):
-            if task_key(t) not in keys:
-                keys.add(task_key(t))
+            if task_key(t) not in train_keys:
                 test.append(t)
         attempt += 1
         if attempt > 100:
@@ -105,6 +108,9 @@ ENV_IDS: Dict[str, str] = {
 # Ids that need no optional extra.
 CORE_ENV_IDS: List[str] = ["distmeta/Bandit-v0", "distmeta/TabularMDP-v0", "distmeta/PointNav-v0",
                            "distmeta/CartPolePhysics-v0", "distmeta/PendulumPhysics-v0"]
+# Ids behind the ``mujoco`` extra and behind the ``metaworld`` extra.
+MUJOCO_ENV_IDS: List[str] = ["distmeta/HalfCheetahVel-v0", "distmeta/HalfCheetahDir-v0", "distmeta/AntDir-v0"]
+METAWORLD_ENV_IDS: List[str] = ["distmeta/MetaWorldML1-v0", "distmeta/MetaWorldML10-v0"]
 
 # Short names accepted in distmeta configs.
 ALIASES: Dict[str, str] = {
@@ -141,4 +147,4 @@ def make(name: str, **kwargs: Any) -> gym.Env:
 register_all()
 
 __all__ = ["Task", "TaskEnv", "MetaEnv", "task_key", "task_splits", "set_task_on_env", "ENV_IDS",
-           "CORE_ENV_IDS", "ALIASES", "register_all", "resolve_env_id", "make"]
+           "CORE_ENV_IDS", "MUJOCO_ENV_IDS", "METAWORLD_ENV_IDS", "ALIASES", "register_all", "resolve_env_id", "make"]

@@ -13,18 +13,39 @@ import distmeta.envs as E
 from distmeta.errors import DistmetaError
 
 
-@pytest.mark.parametrize("env_id", E.CORE_ENV_IDS)
+def _has_mujoco() -> bool:
+    try:
+        import mujoco  # noqa: F401
+        from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+HAS_MUJOCO = _has_mujoco()
+needs_mujoco = pytest.mark.skipif(not HAS_MUJOCO, reason="needs the mujoco extra (pip install 'distmeta[mujoco]')")
+MUJOCO_IDS = [pytest.param(env_id, marks=needs_mujoco) for env_id in E.MUJOCO_ENV_IDS]
+# HalfCheetah-Dir / Ant-Dir: two tasks (+1/-1), so no held-out task can be disjoint from 50 train tasks
+CONTINUOUS_IDS = E.CORE_ENV_IDS + MUJOCO_IDS[:1]
+
+
+@pytest.mark.parametrize("env_id", E.CORE_ENV_IDS + MUJOCO_IDS)
 def test_protocol_and_checker(env_id):
     env = gym.make(env_id).unwrapped
     assert isinstance(env, E.TaskEnv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # gymnasium's own CartPole/Pendulum spaces have infinite bounds
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         check_env(env, skip_render_check=True)
-    tasks = env.sample_tasks(3, seed=5)
-    assert len(tasks) == 3
+    # checker advice allowed only about the spaces gymnasium's own CartPole/Pendulum/MuJoCo
+    # envs define: infinite observation bounds, Pendulum's [-2, 2] torque box
+    allowed = ("infinity", "symmetric and normalized")
+    assert all(any(a in str(w.message) for a in allowed) for w in caught), [str(w.message) for w in caught]
+    tasks = env.sample_tasks(8, seed=5)
+    assert len(tasks) == 8
     json.dumps(tasks)  # plain, serialisable descriptions
     env.set_task(tasks[1])
     assert E.task_key(env.get_task()) == E.task_key(tasks[1])
+    other = next(t for t in tasks[1:] if E.task_key(t) != E.task_key(tasks[0]))
     # the task takes effect: two tasks give different trajectories from the same seed
     def rollout(task):
         env.set_task(task)
@@ -37,18 +58,18 @@ def test_protocol_and_checker(env_id):
             if term or trunc:
                 obs, _ = env.reset(seed=1)
         return [total, *np.asarray(obs, dtype=float).ravel().tolist()]
-    assert rollout(tasks[0]) != rollout(tasks[2])
+    assert rollout(tasks[0]) != rollout(other)
 
 
-@pytest.mark.parametrize("env_id", E.CORE_ENV_IDS)
+@pytest.mark.parametrize("env_id", E.CORE_ENV_IDS + MUJOCO_IDS)
 def test_sampling_deterministic_in_seed(env_id):
     env = gym.make(env_id).unwrapped
-    a, b, c = env.sample_tasks(4, 11), env.sample_tasks(4, 11), env.sample_tasks(4, 12)
+    a, b, c = env.sample_tasks(16, 11), env.sample_tasks(16, 11), env.sample_tasks(16, 12)
     assert [E.task_key(t) for t in a] == [E.task_key(t) for t in b]
     assert [E.task_key(t) for t in a] != [E.task_key(t) for t in c]
 
 
-@pytest.mark.parametrize("env_id", E.CORE_ENV_IDS)
+@pytest.mark.parametrize("env_id", CONTINUOUS_IDS)
 def test_held_out_tasks_disjoint(env_id):
     env = gym.make(env_id)
     train, test = E.task_splits(env, 50, 20, seed=3)
@@ -106,14 +127,107 @@ def test_value_iteration_beats_random_policy():
     assert b["optimal"].mean() > b["random"].mean() + 2
 
 
-@pytest.mark.parametrize("env_id", ["distmeta/HalfCheetahVel-v0", "distmeta/HalfCheetahDir-v0",
-                                    "distmeta/AntDir-v0", "distmeta/MetaWorldML1-v0"])
-def test_optional_extras_fail_clearly(env_id):
-    pytest.importorskip("gymnasium")
-    try:
-        import mujoco  # noqa: F401
-        pytest.skip("mujoco is installed")
-    except ImportError:
-        pass
-    with pytest.raises(DistmetaError, match="extra"):
+@pytest.mark.parametrize("env_id", E.MUJOCO_ENV_IDS + E.METAWORLD_ENV_IDS)
+def test_optional_extras_fail_clearly(env_id, monkeypatch):
+    """Without the extra, making the env names the extra. The missing import is simulated
+    (a None entry in sys.modules makes ``import`` fail), so this runs with the extras installed too."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mujoco" if env_id in E.MUJOCO_ENV_IDS else "metaworld", None)
+    extra = "'mujoco' extra" if env_id in E.MUJOCO_ENV_IDS else "'metaworld' extra"
+    with pytest.raises(DistmetaError, match=extra):
         gym.make(env_id)
+
+
+@pytest.mark.parametrize("env_id", ["distmeta/HalfCheetahDir-v0", "distmeta/AntDir-v0"])
+@needs_mujoco
+def test_direction_tasks_held_out(env_id):
+    """Two tasks (+1/-1): held-out tasks are i.i.d. draws of both (MAML paper); a fixed train
+    set covers both directions, so a disjoint held-out set cannot exist and task_splits says so."""
+    env = gym.make(env_id)
+    train, test = E.task_splits(env, 0, 40, seed=0)
+    assert train == [] and len(test) == 40
+    assert {t["direction"] for t in test} == {-1.0, 1.0}
+    assert test == E.task_splits(env, 0, 40, seed=0)[1]
+    with pytest.raises(RuntimeError, match="too small"):
+        E.task_splits(env, 50, 20, seed=3)
+    with pytest.raises(DistmetaError, match="direction"):
+        env.unwrapped.set_task({"direction": 0.5})
+
+
+def _fixed_action_rollout(env, task, action, steps=30):
+    env.set_task(task)
+    env.reset(seed=0)
+    out = []
+    for _ in range(steps):
+        out.append(env.step(action))
+    return out
+
+
+@needs_mujoco
+def test_halfcheetah_vel_reward_and_horizon():
+    env = E.make("halfcheetah_vel")
+    u = env.unwrapped
+    assert u.horizon == 200 and u.observation_space.shape == (17,) and u.action_space.shape == (6,)
+    u.set_task({"velocity": 2.0})
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for t in range(1, 201):
+        a = rng.uniform(-1.5, 1.5, 6)  # partly outside the box: clipped before it is applied and costed
+        obs, r, term, trunc, info = env.step(a)
+        ctrl = 0.05 * float(np.square(np.clip(a, -1, 1)).sum())
+        assert r == pytest.approx(-abs(info["x_velocity"] - 2.0) - ctrl, abs=1e-9)
+        assert info["reward_ctrl"] == pytest.approx(-ctrl) and not term
+        assert trunc == (t == 200)
+    # x_velocity is the torso's forward velocity: x displacement / dt (dt = 5 * 0.01 s)
+    assert u.dt == pytest.approx(0.05)
+    # the clipped action moves the cheetah exactly as the in-box action does
+    big = _fixed_action_rollout(u, {"velocity": 1.0}, np.full(6, 3.0))
+    box = _fixed_action_rollout(u, {"velocity": 1.0}, np.full(6, 1.0))
+    assert [b[1] for b in big] == [b[1] for b in box]
+    assert E.make("halfcheetah_vel", horizon=7).unwrapped.horizon == 7
+
+
+@needs_mujoco
+def test_halfcheetah_dir_reward():
+    u = E.make("halfcheetah_dir").unwrapped
+    a = np.linspace(-0.8, 0.8, 6)
+    fwd = _fixed_action_rollout(u, {"direction": 1.0}, a)
+    bwd = _fixed_action_rollout(u, {"direction": -1.0}, a)
+    ctrl = 0.05 * float(np.square(a).sum())
+    for (_, rf, _, _, i_f), (_, rb, _, _, i_b) in zip(fwd, bwd):
+        assert i_f["x_velocity"] == i_b["x_velocity"]  # same dynamics, only the reward differs
+        assert rf == pytest.approx(i_f["x_velocity"] - ctrl, abs=1e-9)
+        assert rb == pytest.approx(-i_b["x_velocity"] - ctrl, abs=1e-9)
+
+
+@needs_mujoco
+def test_ant_dir_reward():
+    u = E.make("ant_dir").unwrapped
+    assert u.horizon == 200
+    a = np.full(8, 0.3)
+    for d in (1.0, -1.0):
+        for _, r, term, _, info in _fixed_action_rollout(u, {"direction": d}, a, steps=10):
+            ctrl = 0.5 * float(np.square(a).sum())  # Ant-v5's control cost
+            assert info["reward_ctrl"] == pytest.approx(-ctrl)
+            assert r == pytest.approx(d * info["x_velocity"] + info["reward_survive"] - ctrl
+                                      + info["reward_contact"], abs=1e-9)
+
+
+@needs_mujoco
+@pytest.mark.parametrize("env_id", E.MUJOCO_ENV_IDS)
+def test_mujoco_envs_pickle_and_vectorize(env_id, tmp_path, monkeypatch):
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    env = gym.make(env_id).unwrapped
+    task = env.sample_tasks(1, seed=2)[0]
+    env.set_task(task)
+    clone = pickle.loads(pickle.dumps(env))
+    assert type(clone) is type(env) and clone.get_task() == task and clone.horizon == env.horizon
+    venv = gym.make_vec(env_id, num_envs=2, vectorization_mode="sync")
+    E.set_task_on_env(venv, task)
+    assert all(t == task for t in venv.call("get_task"))
+    venv.close()
+    # MuJoCo 4's deprecation notice about gymnasium's half_cheetah.xml is not logged to ./MUJOCO_LOG.TXT
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
