@@ -94,8 +94,18 @@ def plot_curve(run: RunDir, xs: List[float], ys: List[float], baselines: Dict[st
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(xs, ys, marker="o", label="agent")
+    # a baseline far outside the agent's range (more than 3 spans away) would flatten the
+    # curve: it is named in the legend with its value instead of drawn
+    span = max(max(ys) - min(ys), 1e-9)
+    shown = [v for v in baselines.values() if min(ys) - 3 * span <= v <= max(ys) + 3 * span]
+    lo, hi = min(list(ys) + shown), max(list(ys) + shown)
     for i, (name, value) in enumerate(sorted(baselines.items(), key=lambda kv: -kv[1])):
-        ax.axhline(value, ls="--", color=f"C{i + 1}", label=name)
+        if lo <= value <= hi:
+            ax.axhline(value, ls="--", color=f"C{i + 1}", label=name)
+        else:
+            ax.plot([], [], ls="--", color=f"C{i + 1}", label=f"{name} = {value:.4g} (off the chart)")
+    pad = 0.05 * max(hi - lo, 1e-9)
+    ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("env steps")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
