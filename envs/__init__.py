@@ -67,10 +67,14 @@ def task_splits(env: Any, n_train: int, n_test: int, seed: int = 0) -> Tuple[Lis
     (HalfCheetah-Dir / Ant-Dir have two tasks: with ``n_train=0`` the held-out set is
     ``n_test`` draws of +1/-1, as in the MAML paper; with ``n_train > 0`` the train
     tasks cover both directions and no disjoint test task exists: RuntimeError).
+    An env that ships its own held-out set (``held_out_tasks(n, seed)``: Meta-World's
+    test tasks) supplies the test tasks from it.
     """
     env = getattr(env, "unwrapped", env)
     ss = np.random.SeedSequence([int(seed), 0])
     train = env.sample_tasks(n_train, int(ss.generate_state(1)[0])) if n_train else []
+    if hasattr(env, "held_out_tasks"):
+        return train, env.held_out_tasks(n_test, int(np.random.SeedSequence([int(seed), 1]).generate_state(1)[0]))
     train_keys = {task_key(t) for t in train}
     test: List[Task] = []
     attempt = 0

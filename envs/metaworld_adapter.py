@@ -6,10 +6,15 @@ A task is ``{"env_name": str, "index": int, "split": "train" | "test"}``: a
 plain, serialisable pointer into the benchmark's own fixed task lists (Meta-World
 tasks are pickled goal states, so the description stays an index). The adapter
 exposes the distmeta task protocol over Meta-World's ``train_classes`` /
-``train_tasks`` / ``test_tasks``.
+``train_tasks`` / ``test_tasks``: ``sample_tasks`` draws from the training tasks,
+``held_out_tasks`` from Meta-World's own test tasks (new goals; for ML10 also the
+five held-out task classes), which is what ``task_splits`` uses as the test set.
+Observations are float32 (Meta-World's are float64); an episode ends after
+``horizon`` steps, at most Meta-World's ``max_path_length`` (500).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, List, Optional
 
 import gymnasium as gym
@@ -30,25 +35,37 @@ def _require_metaworld():
     return metaworld
 
 
+@functools.lru_cache(maxsize=8)
+def _benchmark(benchmark: str, env_name: str, seed: int):
+    """One Meta-World benchmark object per (benchmark, env_name, seed) and process: building one
+    samples its goal lists (seconds), and a sampler holds many envs over the same benchmark."""
+    metaworld = _require_metaworld()
+    if benchmark == "ML1":
+        return metaworld.ML1(env_name, seed=seed)
+    if benchmark == "ML10":
+        return metaworld.ML10(seed=seed)
+    raise DistmetaError(f"benchmark: {benchmark!r} is not one of ['ML1', 'ML10']")
+
+
 class MetaWorldAdapter(gym.Env):
     """One gymnasium env over a Meta-World benchmark (ML1 or ML10), task-settable."""
 
     def __init__(self, benchmark: str = "ML1", env_name: str = "reach-v3", seed: int = 0,
                  horizon: int = 500, task: Optional[Task] = None):
-        metaworld = _require_metaworld()
-        if benchmark == "ML1":
-            self.bench = metaworld.ML1(env_name, seed=seed)
-        elif benchmark == "ML10":
-            self.bench = metaworld.ML10(seed=seed)
-        else:
-            raise DistmetaError(f"benchmark: {benchmark!r} is not one of ['ML1', 'ML10']")
-        self.horizon = int(horizon)
+        _require_metaworld()  # before the cache, so a missing extra is always named
+        self.bench = _benchmark(benchmark, env_name if benchmark == "ML1" else "", int(seed))
         self._envs: Dict[str, Any] = {}
         self._classes = {**dict(self.bench.train_classes), **dict(self.bench.test_classes)}
         first = task or {"env_name": next(iter(self.bench.train_classes)), "index": 0, "split": "train"}
         self._env = None
         self.set_task(first)
-        self.observation_space = self._env.observation_space
+        limit = int(getattr(self._env, "max_path_length", horizon))
+        if not 0 < int(horizon) <= limit:
+            raise DistmetaError(f"horizon: must be in [1, {limit}] (Meta-World's max_path_length), got {horizon}")
+        self.horizon = int(horizon)
+        inner = self._env.observation_space
+        self.observation_space = gym.spaces.Box(inner.low.astype(np.float32), inner.high.astype(np.float32),
+                                                dtype=np.float32)
         self.action_space = self._env.action_space
         self._t = 0
 

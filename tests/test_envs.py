@@ -231,3 +231,75 @@ def test_mujoco_envs_pickle_and_vectorize(env_id, tmp_path, monkeypatch):
     venv.close()
     # MuJoCo 4's deprecation notice about gymnasium's half_cheetah.xml is not logged to ./MUJOCO_LOG.TXT
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def _has_metaworld() -> bool:
+    try:
+        import metaworld  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+needs_metaworld = pytest.mark.skipif(not _has_metaworld(),
+                                     reason="needs the metaworld extra (pip install 'distmeta[metaworld]')")
+
+
+def _episode_return(env, task, steps=40):
+    env.set_task(task)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    return sum(env.step(rng.uniform(-1, 1, env.action_space.shape))[1] for _ in range(steps))
+
+
+@needs_metaworld
+def test_metaworld_ml1_protocol_checker_and_held_out_goals():
+    env = E.make("metaworld_ml1", horizon=50).unwrapped
+    assert isinstance(env, E.TaskEnv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=True)
+    # Meta-World's own observation box: infinite bounds and zero-width padding entries
+    allowed = ("infinity", "maximum and minimum values are equal")
+    assert all(any(a in str(w.message) for a in allowed) for w in caught), [str(w.message) for w in caught]
+    train, test = E.task_splits(env, 10, 10, seed=0)
+    json.dumps(train + test)
+    assert {t["split"] for t in train} == {"train"} and {t["split"] for t in test} == {"test"}
+    assert E.task_splits(env, 10, 10, seed=0) == (train, test)
+    # a task is a goal: two train tasks give different rewards for the same actions
+    first = train[0]
+    other = next(t for t in train if t["index"] != first["index"])
+    assert _episode_return(env, first) != pytest.approx(_episode_return(env, other), rel=1e-6)
+    env.set_task(test[0])
+    assert env.get_task() == test[0]
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32 and env.observation_space.contains(obs)
+    for t in range(50):
+        _, _, _, truncated, _ = env.step(env.action_space.sample())
+    assert truncated and t == 49  # the adapter's horizon
+    with pytest.raises(DistmetaError, match="horizon"):
+        E.make("metaworld_ml1", horizon=501)
+
+
+@needs_metaworld
+def test_metaworld_ml10_held_out_classes_and_trial_wrapper():
+    from distmeta.rl.trial_wrapper import TrialWrapper
+
+    env = E.make("metaworld_ml10", horizon=5).unwrapped
+    train, test = E.task_splits(env, 30, 30, seed=1)
+    train_names = set(env.bench.train_classes)
+    assert len(train_names) == 10 and {t["env_name"] for t in train} <= train_names
+    # ML10's held-out tasks come from its five unseen task classes
+    assert {t["env_name"] for t in test} <= set(env.bench.test_classes)
+    assert not {t["env_name"] for t in test} & train_names
+    trial = TrialWrapper(env, episodes_per_trial=2)
+    trial.set_task(test[0])
+    obs, _ = trial.reset(seed=0)
+    assert trial.get_task() == test[0] and obs.shape == trial.observation_space.shape
+    steps = 0
+    while True:
+        obs, _, term, trunc, _ = trial.step(env.action_space.sample())
+        steps += 1
+        if term or trunc:
+            break
+    assert steps == 10 and term and len(trial.sub_episode_returns) == 2

@@ -47,7 +47,8 @@ def test_validate_rl_accepts_shipped_configs():
     import yaml
     from pathlib import Path
 
-    for name in ("rl2_bandits", "rl2_tabular_mdp", "maml_rl_point_nav", "maml_rl_halfcheetah_vel"):
+    for name in ("rl2_bandits", "rl2_tabular_mdp", "maml_rl_point_nav", "maml_rl_halfcheetah_vel",
+                 "maml_rl_metaworld_ml1"):
         data = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml").read_text())
         validate_rl(_build(ExperimentConfig, data, ""))
 
@@ -85,6 +86,21 @@ def test_trial_wrapper_discrete_one_hot():
     env.reset(seed=1)
     obs, *_ = env.step(2)
     assert obs[1:4].tolist() == [0, 0, 1] and obs[-1] == 1  # one pull is one sub-episode
+
+
+def test_trial_wrapper_progress_feature():
+    """trial_progress=True appends k/K, the fraction of the trial's episodes already finished."""
+    from distmeta.envs import make
+
+    env = TrialWrapper(make("point_nav", horizon=2).unwrapped, episodes_per_trial=4, trial_progress=True)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == env.observation_space.shape == (2 + 2 + 2 + 1,) and obs[-1] == 0
+    progress = []
+    for _ in range(8):
+        obs, *_ = env.step(np.zeros(2))
+        assert env.observation_space.contains(obs)
+        progress.append(float(obs[-1]))
+    assert progress == [0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1.0]
 
 
 @pytest.mark.parametrize("recurrent, keys", [("lstm", {"h", "c"}), ("gru", {"h"})])

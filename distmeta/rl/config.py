@@ -30,6 +30,7 @@ MAML_SAMPLERS = ["learner", "env_runners"]
 @dataclass
 class RL2Section:
     episodes_per_trial: int = 10      # K sub-episodes of one task joined into one RLlib episode
+    trial_progress: bool = False      # append k/K (episodes of the trial finished) to the observation
     recurrent: str = "lstm"           # lstm: RLlib's default PPO RLModule (LSTM encoder) | gru: distmeta.rl.gru_module
     cell_size: int = 64
     hidden: List[int] = field(default_factory=lambda: [64])

@@ -39,7 +39,8 @@ class RL2TrialEnv(TrialWrapper):
         worker = int(getattr(config, "worker_index", 0) or 0)
         vector = int(getattr(config, "vector_index", 0) or 0)
         seed = int(np.random.SeedSequence([int(config.get("seed", 0)), worker, vector]).generate_state(1)[0])
-        super().__init__(base, int(config["episodes_per_trial"]), tasks=config.get("tasks"), task_seed=seed)
+        super().__init__(base, int(config["episodes_per_trial"]), tasks=config.get("tasks"), task_seed=seed,
+                         trial_progress=bool(config.get("trial_progress", False)))
 
 
 def _apply_task(env_runner, task) -> None:
@@ -110,6 +111,7 @@ def module_spec(rl: RLConfig, observation_space=None, action_space=None):
 
 def env_config(rl: RLConfig, seed: int, tasks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
     return {"env": rl.env, "env_kwargs": dict(rl.env_config), "episodes_per_trial": rl.rl2.episodes_per_trial,
+            "trial_progress": rl.rl2.trial_progress,
             "seed": int(seed), "tasks": tasks}
 
 

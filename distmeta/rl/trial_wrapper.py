@@ -6,7 +6,11 @@ task (a *trial*) and to reset between tasks. :class:`TrialWrapper` makes a
 trial one gymnasium episode, so RLlib's reset falls exactly between trials.
 
 Observation: ``[obs, prev_action, prev_reward, sub_episode_done]`` as one flat
-float32 Box (a one-hot previous action for discrete action spaces). Inside a
+float32 Box (a one-hot previous action for discrete action spaces), and with
+``trial_progress=True`` one more entry, ``k / K``: the fraction of the trial's K
+episodes already finished. A finite-horizon trial's optimal policy depends on
+the episodes left (the Gittins index of a bandit arm does), which a recurrent
+policy would otherwise have to count for itself. Inside a
 trial, when the inner episode ends, the inner env is reset on the same task and
 the observation carries ``sub_episode_done = 1``. The trial ends
 (``terminated=True``) after the K-th inner episode.
@@ -27,8 +31,9 @@ from gymnasium import spaces
 
 class TrialWrapper(gym.Wrapper):
     def __init__(self, env: gym.Env, episodes_per_trial: int, tasks: Optional[Sequence[Dict[str, Any]]] = None,
-                 task_seed: int = 0):
+                 task_seed: int = 0, trial_progress: bool = False):
         super().__init__(env)
+        self.trial_progress = bool(trial_progress)
         if episodes_per_trial < 1:
             raise ValueError(f"episodes_per_trial: must be >= 1, got {episodes_per_trial}")
         self.episodes_per_trial = int(episodes_per_trial)
@@ -48,8 +53,10 @@ class TrialWrapper(gym.Wrapper):
             act_lo, act_hi = act.low.reshape(-1), act.high.reshape(-1)
         else:
             raise TypeError(f"TrialWrapper: needs a Discrete or Box action space, got {act}")
-        low = np.concatenate([inner_obs.low.reshape(-1), act_lo, [-np.inf], [0.0]]).astype(np.float32)
-        high = np.concatenate([inner_obs.high.reshape(-1), act_hi, [np.inf], [1.0]]).astype(np.float32)
+        progress = [1.0] if self.trial_progress else []
+        low = np.concatenate([inner_obs.low.reshape(-1), act_lo, [-np.inf], [0.0], [0.0] * len(progress)])
+        high = np.concatenate([inner_obs.high.reshape(-1), act_hi, [np.inf], [1.0], progress])
+        low, high = low.astype(np.float32), high.astype(np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self._sub = 0
         self._sub_return = 0.0
@@ -85,8 +92,8 @@ class TrialWrapper(gym.Wrapper):
             a[int(action)] = 1.0
         else:
             a = np.asarray(action, np.float32).reshape(-1)
-        return np.concatenate([np.asarray(obs, np.float32).reshape(-1), a,
-                               np.array([reward, done], np.float32)])
+        extra = [reward, done, self._sub / self.episodes_per_trial] if self.trial_progress else [reward, done]
+        return np.concatenate([np.asarray(obs, np.float32).reshape(-1), a, np.array(extra, np.float32)])
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
         if seed is not None:
