@@ -29,17 +29,21 @@ MUJOCO_IDS = [pytest.param(env_id, marks=needs_mujoco) for env_id in E.MUJOCO_EN
 CONTINUOUS_IDS = E.CORE_ENV_IDS + MUJOCO_IDS[:1]
 
 
+def _assert_checker_clean(env, allowed):
+    """gymnasium's env checker passes, and every warning it gives mentions one of ``allowed``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=True)
+    assert all(any(a in str(w.message) for a in allowed) for w in caught), [str(w.message) for w in caught]
+
+
 @pytest.mark.parametrize("env_id", E.CORE_ENV_IDS + MUJOCO_IDS)
 def test_protocol_and_checker(env_id):
     env = gym.make(env_id).unwrapped
     assert isinstance(env, E.TaskEnv)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check_env(env, skip_render_check=True)
     # checker advice allowed only about the spaces gymnasium's own CartPole/Pendulum/MuJoCo
     # envs define: infinite observation bounds, Pendulum's [-2, 2] torque box
-    allowed = ("infinity", "symmetric and normalized")
-    assert all(any(a in str(w.message) for a in allowed) for w in caught), [str(w.message) for w in caught]
+    _assert_checker_clean(env, allowed=("infinity", "symmetric and normalized"))
     tasks = env.sample_tasks(8, seed=5)
     assert len(tasks) == 8
     json.dumps(tasks)  # plain, serialisable descriptions
@@ -256,12 +260,8 @@ def _episode_return(env, task, steps=40):
 def test_metaworld_ml1_protocol_checker_and_held_out_goals():
     env = E.make("metaworld_ml1", horizon=50).unwrapped
     assert isinstance(env, E.TaskEnv)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check_env(env, skip_render_check=True)
     # Meta-World's own observation box: infinite bounds and zero-width padding entries
-    allowed = ("infinity", "maximum and minimum values are equal")
-    assert all(any(a in str(w.message) for a in allowed) for w in caught), [str(w.message) for w in caught]
+    _assert_checker_clean(env, allowed=("infinity", "maximum and minimum values are equal"))
     train, test = E.task_splits(env, 10, 10, seed=0)
     json.dumps(train + test)
     assert {t["split"] for t in train} == {"train"} and {t["split"] for t in test} == {"test"}

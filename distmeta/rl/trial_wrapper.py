@@ -53,10 +53,12 @@ class TrialWrapper(gym.Wrapper):
             act_lo, act_hi = act.low.reshape(-1), act.high.reshape(-1)
         else:
             raise TypeError(f"TrialWrapper: needs a Discrete or Box action space, got {act}")
-        progress = [1.0] if self.trial_progress else []
-        low = np.concatenate([inner_obs.low.reshape(-1), act_lo, [-np.inf], [0.0], [0.0] * len(progress)])
-        high = np.concatenate([inner_obs.high.reshape(-1), act_hi, [np.inf], [1.0], progress])
-        low, high = low.astype(np.float32), high.astype(np.float32)
+        extra_lo, extra_hi = [-np.inf, 0.0], [np.inf, 1.0]  # prev reward, sub-episode done
+        if self.trial_progress:
+            extra_lo.append(0.0)
+            extra_hi.append(1.0)
+        low = np.concatenate([inner_obs.low.reshape(-1), act_lo, extra_lo]).astype(np.float32)
+        high = np.concatenate([inner_obs.high.reshape(-1), act_hi, extra_hi]).astype(np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self._sub = 0
         self._sub_return = 0.0
