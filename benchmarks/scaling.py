@@ -28,8 +28,8 @@ parallel efficiency (speed-up / W), the engine's overhead outside compute (its o
 the step), bytes moved per step (``engine.bytes_last_step``) and the fraction of the
 ceiling. ``ray.init(address="local", num_cpus=max W)`` once for the whole run.
 
-    python benchmarks/scaling.py --steps 5            # table
-    python benchmarks/scaling.py --steps 5 --json     # one JSON object on stdout
+    python benchmarks/scaling.py --steps 10           # table
+    python benchmarks/scaling.py --steps 10 --json    # one JSON object on stdout
     python benchmarks/scaling.py --workers 1 2 --only sinusoid
 
 Not a test: it takes minutes. Progress goes to stderr.
@@ -128,6 +128,8 @@ def _ceiling_child(cfg_dict, datasets, start, stop, steps_range, barrier, queue)
             barrier.wait()
             core.shard_gradient(flat, s, range(start, stop))
             barrier.wait()
+        barrier.wait()  # exit only when the parent closes the row: a process's teardown costs
+        #                 ~0.5 s of CPU, which would land in another row's timed steps
     except threading.BrokenBarrierError:
         pass  # the parent gave up; it reports why
     except BaseException as exc:  # noqa: BLE001 - tell the parent, which would otherwise wait
@@ -138,7 +140,8 @@ def _ceiling_child(cfg_dict, datasets, start, stop, steps_range, barrier, queue)
 
 class CeilingRunner:
     """W bare spawned processes (1 thread each, no Ray), one contiguous shard each, started
-    and finished together by two barriers per step: what W workers could do at best."""
+    and finished together by two barriers per step: what W workers could do at best. They
+    exit only at ``close()``, so their teardown never lands in another row's timed steps."""
 
     def __init__(self, cfg_dict, datasets, workers: int, steps_range: List[int]):
         ctx = mp.get_context("spawn")
@@ -166,8 +169,13 @@ class CeilingRunner:
         return wall, wall, 0.0, 0
 
     def close(self) -> None:
-        if self.steps:
-            self.barrier.abort()
+        try:
+            if self.steps:
+                self.barrier.abort()
+            else:
+                self.barrier.wait(timeout=60)  # let the children exit, now that no row is timed
+        except threading.BrokenBarrierError:
+            pass
         for p in self.procs:
             p.join(timeout=30)
             if p.is_alive():
