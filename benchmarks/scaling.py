@@ -24,7 +24,7 @@ shared 2-core box drifts by 2x within minutes. Columns: tasks/s (meta-batch x ti
 steps / their wall time), median step time, tasks/s over the interleaved local
 1-thread loop, speed-up over 1 Ray worker (raw, and of the "vs local" ratios),
 parallel efficiency (speed-up / W), the engine's overhead outside compute (its own
-``{"compute", "overhead"}`` split: wall minus the slowest shard's compute; ms and % of
+``transfer``: wall minus the slowest shard's compute, see ``step_timing``; ms and % of
 the step), bytes moved per step (``engine.bytes_last_step``) and the fraction of the
 ceiling. ``ray.init(address="local", num_cpus=max W)`` once for the whole run.
 
@@ -111,7 +111,8 @@ class EngineRunner:
         finally:
             torch.set_num_threads(1)
         assert count == self.meta_batch, (count, self.meta_batch)
-        return wall, timing["compute"], timing.get("overhead", 0.0), getattr(self.engine, "bytes_last_step", 0)
+        slowest = timing["compute"] + timing.get("wait", 0.0)  # the slowest shard's compute
+        return wall, slowest, timing.get("transfer", 0.0), getattr(self.engine, "bytes_last_step", 0)
 
     def close(self) -> None:
         self.engine.close()

@@ -3,8 +3,8 @@ and, for sinusoid regression, adapted curves against the true function."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
-import numpy as np
 import torch
 
 
@@ -12,8 +12,46 @@ def plot_run(cfg, core, learner, run, logger) -> None:
     # for regression the training "mse" is the loss itself: plot it once
     train_keys = ["loss", "accuracy", "pair_accuracy"]
     logger.plot(train_keys + ["val_accuracy", "val_mse", "tasks_per_s"], title=cfg.name)
+    plot_step_time(logger, run.path / "step_time.png", title=cfg.name)
     if cfg.task.kind == "sinusoid":
         plot_sinusoid_fits(core, learner.flat_params(), run.path / "sinusoid_fits.png")
+
+
+STEP_PARTS = [("compute", "compute (mean worker)"), ("wait", "wait (slowest worker, re-runs)"),
+              ("transfer", "transfer (parameters, calls, gradients)"), ("learner", "learner (apply)")]
+
+
+def plot_step_time(logger, out: Path, title: str = "") -> Optional[Path]:
+    """Where a meta-step's time went on a Ray run: stacked ms per step of compute, wait,
+    transfer and the learner's own work (``time_*_s`` in metrics.csv, each the mean over
+    the steps since the previous log line). None for in-process runs, which log no transfer."""
+    rows = [r for r in logger.rows if r.get("time_transfer_s") not in (None, "")]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [int(float(r["step"])) for r in rows]
+    ms = [[1e3 * float(r.get(f"time_{key}_s") or 0.0) for r in rows] for key, _ in STEP_PARTS]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    if len(xs) > 1:
+        ax.stackplot(xs, *ms, labels=[label for _, label in STEP_PARTS], alpha=0.85)
+    else:  # one log line: a stacked bar
+        bottom = 0.0
+        for (_, label), part in zip(STEP_PARTS, ms):
+            ax.bar(xs, part, bottom=bottom, label=label, alpha=0.85)
+            bottom += part[0]
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel("ms per meta-step (mean)")
+    ax.set_title(f"{title}: where a meta-step's time goes" if title else "where a meta-step's time goes")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def plot_sinusoid_fits(core, flat_params, out: Path, n_tasks: int = 4) -> Path:

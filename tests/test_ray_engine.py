@@ -1,7 +1,9 @@
 """The Ray engine: scale-independent results, fault tolerance, clear failures."""
 from __future__ import annotations
 
+import csv
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import torch
 import yaml
 
 from distmeta.config import from_dict
-from distmeta.engine.ray_engine import RayEngine, probe_address, shard_sizes
+from distmeta.engine.ray_engine import RayEngine, probe_address, shard_sizes, step_timing
 from distmeta.engine.run_dir import load_checkpoint
 from distmeta.engine.trainer import train
 from distmeta.errors import DistmetaError
@@ -68,11 +70,28 @@ def test_same_parameters_with_0_1_2_3_workers(ray_session, omniglot_dir, tmp_pat
         assert_same_params(reference, final_params(result), rtol=1e-9)
 
 
-def test_float32_parameters_match_within_1e_5(ray_session, omniglot_dir, tmp_path):
+def test_float32_parameters_match_within_1e_5(ray_session, omniglot_dir, tmp_path, capsys):
     alg = {"name": "maml", "inner_steps": 1, "inner_lr": 0.4}
     ref = final_params(train(omniglot_config(omniglot_dir, alg, 0, "float32"), out=tmp_path / "a", progress=False))
-    got = final_params(train(omniglot_config(omniglot_dir, alg, 3, "float32"), out=tmp_path / "b", progress=False))
-    assert_same_params(ref, got, rtol=1e-5)
+    got = train(omniglot_config(omniglot_dir, alg, 3, "float32"), out=tmp_path / "b", progress=False)
+    assert_same_params(ref, final_params(got), rtol=1e-5)
+    # the Ray run logs where each step's time went, and the four parts make up the step
+    rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
+    assert len(rows) == 5
+    for r in rows:
+        parts = [float(r[f"time_{k}_s"]) for k in ("compute", "wait", "transfer", "learner")]
+        assert min(parts) >= 0 and parts[0] > 0
+        assert sum(parts) == pytest.approx(float(r["time_step_s"]), rel=1e-6)
+    assert (tmp_path / "b" / "step_time.png").stat().st_size > 0
+    assert not (tmp_path / "a" / "step_time.png").exists()  # in-process: no engine to account for
+    assert re.search(r"step 5/5 .*engine transfer \d+% wait \d+%", capsys.readouterr().out)
+
+
+def test_step_timing_splits_the_wall_time():
+    assert step_timing(1.0, [0.5, 0.7]) == pytest.approx({"compute": 0.6, "wait": 0.1, "transfer": 0.3})
+    # 0.2 s lost to a failed attempt before the shard was re-run: waiting, not transfer
+    assert step_timing(1.0, [0.5], lost=0.2) == pytest.approx({"compute": 0.5, "wait": 0.2, "transfer": 0.3})
+    assert sum(step_timing(0.05, [0.01, 0.03, 0.02]).values()) == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize("mode", ["sigkill", "ray_kill", "hang"])

@@ -7,6 +7,12 @@ Protocol, per meta-step t (the same for every method):
    metrics, task count, compute seconds)`` from ``MetaCore.shard_gradient``;
 3. the learner sums the shards in task order and applies their mean once.
 
+Timing, per step (``meta_gradient(...)[3]``, seconds, summing to the engine's wall
+time): ``compute`` = the mean shard's compute on its worker; ``wait`` = the slowest
+shard's compute minus that mean (load imbalance, stragglers), plus the time lost to
+failed attempts before their shards were re-run; ``transfer`` = the rest: publishing
+the parameters, the calls' round trips, returning and summing the gradients.
+
 Latency: when the parameters are small (``engine.compiled_graph: auto``, at most
 64 KiB, where an actor call's latency is a large part of the step), each worker
 runs a Ray compiled graph (``InputNode -> worker.compute``) whose shared-memory
@@ -88,6 +94,16 @@ def shard_sizes(total: int, workers: int) -> List[Tuple[int, int]]:
     """Contiguous [start, stop) shards of ``range(total)`` over ``workers``."""
     bounds = np.cumsum([0] + [len(a) for a in np.array_split(np.arange(total), min(workers, total))])
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def step_timing(wall: float, computes: Sequence[float], lost: float = 0.0) -> Dict[str, float]:
+    """Split an engine step's ``wall`` seconds into compute / wait / transfer (module
+    docstring) from the shards' compute seconds and the time ``lost`` to failed attempts."""
+    if not computes:
+        return {"compute": 0.0, "wait": lost, "transfer": max(wall - lost, 0.0)}
+    mean = sum(computes) / len(computes)
+    transfer = max(wall - lost - max(computes), 0.0)
+    return {"compute": mean, "wait": max(wall - mean - transfer, 0.0), "transfer": transfer}
 
 
 class TaskWorker:
@@ -282,7 +298,7 @@ class RayEngine:
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + v
         count = sum(r[2] for r in results)
-        return grad, metrics, count, max(r[3] for r in results)
+        return grad, metrics, count, [r[3] for r in results if r[2]]
 
     # -- compiled graphs -------------------------------------------------------------
     def _compiled_graphs(self, meta_batch: int) -> Dict[int, Tuple[Tuple[int, int], Any]]:
@@ -407,13 +423,16 @@ class RayEngine:
         if self.allreduce:
             out = self._allreduce_step(params_arg, step, meta_batch)
             if out is not None:
-                grad, metrics, count, compute = out
+                grad, metrics, count, computes = out
                 wall = time.perf_counter() - t0
                 self.bytes_last_step = params_sent + (param_bytes * len(self.slots) if by_value else 0) + param_bytes
-                return grad, metrics, count, {"compute": compute, "overhead": max(wall - compute, 0.0)}
+                return grad, metrics, count, step_timing(wall, computes)
         todo, results = None, {}
+        t_round = t0   # start of the latest round of shards; earlier rounds' failures are lost time
         if self.compiled:
             results, todo = self._compiled_step(flat_np, step, meta_batch)
+            if todo:
+                t_round = time.perf_counter()
             params_sent += param_bytes * (len(results) + len(todo or []))
             if todo and not self.slots:
                 self._adopt_ready_replacements(wait=self.cfg.engine.placement_timeout_s)
@@ -455,7 +474,9 @@ class RayEngine:
                 self._adopt_ready_replacements(wait=self.cfg.engine.placement_timeout_s)
                 if not self.slots:
                     raise DistmetaError("engine: all workers lost and no replacement could be placed")
-        grad, metrics, count, compute = None, {}, 0, 0.0
+            if todo:
+                t_round = time.perf_counter()
+        grad, metrics, count = None, {}, 0
         for shard in sorted(results):
             g, m, n, seconds = results[shard]
             if grad is None:
@@ -465,10 +486,10 @@ class RayEngine:
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + v
             count += n
-            compute = max(compute, seconds)
         wall = time.perf_counter() - t0
         self.bytes_last_step = params_sent + sum(r[0].nbytes for r in results.values())
-        return torch.from_numpy(grad), metrics, count, {"compute": compute, "overhead": max(wall - compute, 0.0)}
+        computes = [r[3] for r in results.values()]
+        return torch.from_numpy(grad), metrics, count, step_timing(wall, computes, lost=t_round - t0)
 
     def close(self) -> None:
         import ray

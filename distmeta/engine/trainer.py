@@ -201,6 +201,8 @@ def _loop(cfg, core, learner, engine, run, logger, progress, reporter=None) -> s
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=total, initial=learner.step, disable=not show, unit="step", dynamic_ncols=True)
     window_tasks, window_start, score = 0, time.perf_counter(), None
+    window_times: Dict[str, float] = {}   # summed time_*_s of the steps since the last log line
+    window_steps = 0
     with StopFlag() as stop:
         while learner.step < total:
             t = learner.step
@@ -214,8 +216,13 @@ def _loop(cfg, core, learner, engine, run, logger, progress, reporter=None) -> s
             learner.apply(grad_sum / count)
             window_tasks += count
             step_time = time.perf_counter() - t0
-            row = {**metrics, "lr": learner.learning_rate(t), "time_step_s": step_time,
-                   **{f"time_{k}_s": v for k, v in timing.items()}}
+            times = {"step": step_time, **timing}
+            if "transfer" in timing:  # Ray: the learner's own share (check, apply) of the step
+                times["learner"] = max(step_time - sum(timing.values()), 0.0)
+            for k, v in times.items():
+                window_times[k] = window_times.get(k, 0.0) + v
+            window_steps += 1
+            row = {**metrics, "lr": learner.learning_rate(t)}
             if learner.step % cfg.eval.every == 0 or learner.step == total:
                 val = evaluate(core, learner.flat_params(), cfg.eval.split, cfg.eval.episodes)
                 row.update({f"val_{k}": v for k, v in val.items() if k != "episodes"})
@@ -226,7 +233,8 @@ def _loop(cfg, core, learner, engine, run, logger, progress, reporter=None) -> s
             if learner.step % cfg.log_every == 0 or learner.step == total or "val_ci95" in row:
                 now = time.perf_counter()
                 row["tasks_per_s"] = window_tasks / max(now - window_start, 1e-9)
-                window_tasks, window_start = 0, now
+                row.update({f"time_{k}_s": v / window_steps for k, v in window_times.items()})
+                window_tasks, window_start, window_times, window_steps = 0, now, {}, 0
                 logger.log(learner.step, row)
                 line = format_progress(learner.step, total, row)
                 if show:
@@ -250,6 +258,9 @@ def format_progress(step: int, total: int, row: Dict[str, Any]) -> str:
     for key in ("loss", "accuracy", "mse", "pair_accuracy", "val_accuracy", "val_mse", "tasks_per_s"):
         if key in row:
             parts.append(f"{key.replace('_per_s', '/s')} {row[key]:.4g}")
+    if "time_transfer_s" in row and row.get("time_step_s"):  # the engine's cost, visible on Ray runs
+        parts.append("engine " + " ".join(f"{k} {100 * row[f'time_{k}_s'] / row['time_step_s']:.0f}%"
+                                          for k in ("transfer", "wait")))
     return " ".join(parts)
 
 
