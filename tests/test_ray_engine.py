@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from distmeta.config import from_dict
-from distmeta.engine.ray_engine import RayEngine, probe_address, shard_sizes, step_timing
+from distmeta.engine.ray_engine import RayEngine, connect, probe_address, shard_sizes, step_timing
 from distmeta.engine.run_dir import load_checkpoint
 from distmeta.engine.trainer import train
 from distmeta.errors import DistmetaError
@@ -25,12 +25,14 @@ pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
 
 
-def omniglot_config(omniglot_dir, algorithm, workers=0, dtype="float64", **engine):
+def omniglot_config(omniglot_dir, algorithm, workers=0, dtype="float64", channels=8, **engine):
+    """conv4 with 8 channels: 15 KB of float64 parameters (inline, compiled graphs);
+    ``channels=24``: 125 KB, above the 64 KiB inline limit (object store, actor calls)."""
     return from_dict({
         "name": f"engine-{algorithm['name']}", "seed": 3,
         "data": {"dataset": "omniglot", "preset": "minimal", "root": str(omniglot_dir), "image_size": 28},
         "task": {"kind": "classification", "ways": 5, "shots": 1, "queries": 2},
-        "model": {"name": "conv4", "channels": 8},
+        "model": {"name": "conv4", "channels": channels},
         "algorithm": algorithm,
         "optim": {"meta_batch": 7, "steps": 5, "lr": 0.003},
         "engine": {"workers": workers, "dtype": dtype, "shard_timeout_s": 60, **engine},
@@ -50,6 +52,14 @@ def assert_same_params(a, b, rtol):
     va = torch.cat([a[k].reshape(-1) for k in a]).double()
     vb = torch.cat([b[k].reshape(-1) for k in a]).double()
     assert float((va - vb).norm() / va.norm()) <= rtol
+
+
+def recording_factory(engines, fault_plan=None):
+    """An engine factory for ``train`` that keeps the engines it builds (and plans faults)."""
+    def factory(cfg, core):
+        engines.append(RayEngine(cfg, core, fault_plan=fault_plan))
+        return engines[-1]
+    return factory
 
 
 def test_shards_are_contiguous_and_cover_the_meta_batch():
@@ -75,6 +85,10 @@ def test_float32_parameters_match_within_1e_5(ray_session, omniglot_dir, tmp_pat
     ref = final_params(train(omniglot_config(omniglot_dir, alg, 0, "float32"), out=tmp_path / "a", progress=False))
     got = train(omniglot_config(omniglot_dir, alg, 3, "float32"), out=tmp_path / "b", progress=False)
     assert_same_params(ref, final_params(got), rtol=1e-5)
+    proto = {"name": "protonet"}
+    ref = final_params(train(omniglot_config(omniglot_dir, proto, 0, "float32"), out=tmp_path / "pa", progress=False))
+    got_proto = train(omniglot_config(omniglot_dir, proto, 2, "float32"), out=tmp_path / "pb", progress=False)
+    assert_same_params(ref, final_params(got_proto), rtol=1e-5)
     # the Ray run logs where each step's time went, and the four parts make up the step
     rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
     assert len(rows) == 5
@@ -94,27 +108,47 @@ def test_step_timing_splits_the_wall_time():
     assert sum(step_timing(0.05, [0.01, 0.03, 0.02]).values()) == pytest.approx(0.05)
 
 
+def test_large_parameters_go_to_the_object_store_once(ray_session, omniglot_dir, tmp_path):
+    """Above 64 KiB the parameters are put into the object store once a step, shared by
+    every worker (no compiled graphs, no inline copies); the result is the in-process one."""
+    alg = {"name": "protonet"}
+    reference = final_params(train(omniglot_config(omniglot_dir, alg, 0, channels=24), out=tmp_path / "w0",
+                                   progress=False))
+    engines = []
+    result = train(omniglot_config(omniglot_dir, alg, 3, channels=24), out=tmp_path / "w3", progress=False,
+                   engine_factory=recording_factory(engines))
+    engine = engines[0]
+    param_bytes = engine.core.initial_flat_params().numel() * 8
+    assert param_bytes > 64 * 1024 and not engine.compiled
+    # each worker took its torch threads from engine.num_cpus (1) and its device from its (zero) GPUs
+    assert [(i["threads"], i["device"]) for i in engine.worker_info] == [(1, "cpu")] * 3
+    assert engine.bytes_last_step == param_bytes + 3 * param_bytes   # params out once, 3 shard gradients back
+    assert_same_params(reference, final_params(result), rtol=1e-9)
+
+
 @pytest.mark.parametrize("mode", ["sigkill", "ray_kill", "hang"])
-def test_worker_lost_mid_shard_gives_the_fault_free_result(ray_session, omniglot_dir, tmp_path, mode):
+def test_worker_lost_mid_shard_gives_the_fault_free_result(ray_session, omniglot_dir, tmp_path, mode, caplog):
+    """Large parameters, so the actor-call path (not a compiled graph) sees the failure."""
     alg = {"name": "protonet"}
     timeout = {"shard_timeout_s": 15} if mode == "hang" else {}
-    clean = final_params(train(omniglot_config(omniglot_dir, alg, 2, **timeout), out=tmp_path / "clean",
-                               progress=False))
+    clean = final_params(train(omniglot_config(omniglot_dir, alg, 2, channels=24, **timeout),
+                               out=tmp_path / "clean", progress=False))
     engines = []
-
-    def faulty(cfg, core):
-        # worker 1 fails after 1 of its tasks in meta-step 2
-        engines.append(RayEngine(cfg, core, fault_plan={1: (2, 1, mode)}))
-        return engines[-1]
-
-    result = train(omniglot_config(omniglot_dir, alg, 2, **timeout), out=tmp_path / "faulty", progress=False,
-                   engine_factory=faulty)
+    # worker 1 fails after 1 of its tasks in meta-step 2
+    t0 = time.monotonic()
+    result = train(omniglot_config(omniglot_dir, alg, 2, channels=24, **timeout), out=tmp_path / "faulty",
+                   progress=False, engine_factory=recording_factory(engines, fault_plan={1: (2, 1, mode)}))
+    assert not engines[0].compiled
     assert result.step == 5                       # no meta-step lost or applied twice
     assert load_checkpoint(result.path)["learner_step"] == 5
     assert engines[0].restarts == 1               # the failure was seen and the worker replaced
     rows = (result.path / "metrics.csv").read_text().strip().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5]
     assert_same_params(clean, final_params(result), rtol=1e-9)
+    expected = "did not return shard (4, 7) of step 2 within 15s" if mode == "hang" else "died during shard (4, 7) of step 2"
+    assert expected in caplog.text
+    if mode == "hang":   # the shard timeout tripped: the run waited about 15 s, not forever
+        assert 15 <= time.monotonic() - t0 < 150
 
 
 def sinusoid_config(workers=0, **engine):
@@ -129,13 +163,6 @@ def sinusoid_config(workers=0, **engine):
         "eval": {"every": 1000, "episodes": 5, "final_episodes": 5},
         "checkpoint": {"every": 1000}, "log_every": 1,
     })
-
-
-def recording_factory(engines, fault_plan=None):
-    def factory(cfg, core):
-        engines.append(RayEngine(cfg, core, fault_plan=fault_plan))
-        return engines[-1]
-    return factory
 
 
 def test_compiled_graph_path_matches_in_process(ray_session, tmp_path):
@@ -168,7 +195,7 @@ def test_compiled_graph_path_survives_a_lost_worker(ray_session, tmp_path, mode)
     assert_same_params(clean, final_params(result), rtol=1e-9)
 
 
-def test_unreachable_address_fails_within_seconds():
+def test_unreachable_address_fails_within_seconds(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
@@ -182,6 +209,30 @@ def test_unreachable_address_fails_within_seconds():
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "cannot reach a Ray cluster at 127.0.0.1" in err[0]
+    # a Ray Client address is probed the same way, before ray.init could hang on it
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh driver, even mid-session
+    t0 = time.monotonic()
+    with pytest.raises(DistmetaError, match=f"cannot reach a Ray cluster at 127.0.0.1:{port}"):
+        connect(f"ray://127.0.0.1:{port}")
+    assert time.monotonic() - t0 < 10
+
+
+def test_empty_address_is_an_embedded_ray_even_with_ray_address_set():
+    """``engine.address: ""`` never joins a cluster named by $RAY_ADDRESS (a bare
+    ``ray.init()`` would try to, and here would fail on the closed port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import ray; from distmeta.engine.ray_engine import connect; started = connect(''); "
+            "print('STARTED', started, 'GCS', ray.get_runtime_context().gcs_address); ray.shutdown()")
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_JOB_CONFIG_JSON_ENV_VAR", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    started, gcs = proc.stdout.split("STARTED")[1].split("GCS")
+    assert started.strip() == "True" and f":{port}" not in gcs
 
 
 def test_resources_no_node_can_supply_fail_at_once(ray_session, omniglot_dir, tmp_path):
@@ -191,11 +242,12 @@ def test_resources_no_node_can_supply_fail_at_once(ray_session, omniglot_dir, tm
     assert time.monotonic() - t0 < 30
 
 
-def test_resources_busy_cluster_times_out_clearly(ray_session, omniglot_dir, tmp_path):
+def test_resources_busy_cluster_times_out_clearly(ray_session, omniglot_dir, tmp_path, caplog):
     cpus = int(ray_session.cluster_resources()["CPU"])
     with pytest.raises(DistmetaError, match="could not be placed within engine.placement_timeout_s"):
         train(omniglot_config(omniglot_dir, {"name": "protonet"}, cpus + 1, placement_timeout_s=2),
               out=tmp_path / "busy", progress=False)
+    assert re.search(rf"waiting for resources .*: {cpus + 1} workers x \{{'CPU': 1\.0\}} .* free now", caplog.text)
 
 
 NODE_LOSS_SCRIPT = textwrap.dedent("""
@@ -224,7 +276,7 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     def factory(c, core):
         engines.append(RayEngine(c, core))
         return engines[-1]
-    removed = []
+    removed, live = [], []
     orig = RayEngine.meta_gradient
     def meta_gradient(self, flat, step, batch):
         if step == 4 and not removed:
@@ -232,10 +284,12 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
             cluster.remove_node(victim)
             removed.append(victim)
             print("removed node", victim.node_id[:8], flush=True)
-        return orig(self, flat, step, batch)
+        out = orig(self, flat, step, batch)
+        live.append(self.live_workers())
+        return out
     RayEngine.meta_gradient = meta_gradient
     result = train(cfg, out=sys.argv[2], progress=False, engine_factory=factory)
-    print("STEPS", result.step, "RESTARTS", engines[0].restarts, "LIVE", engines[0].live_workers(), flush=True)
+    print("STEPS", result.step, "RESTARTS", engines[0].restarts, "LIVE", live[-1], flush=True)
     RayEngine.meta_gradient = orig
     ray.shutdown(); cluster.shutdown()
     # the survivors' result equals an in-process run
@@ -259,6 +313,9 @@ def test_lost_node_run_finishes_on_survivors(omniglot_dir, tmp_path):
     assert "died during shard" in out          # the log says what happened
     steps = int(out.split("STEPS")[1].split()[0])
     assert steps == 12
+    # one failure seen; no node has room for a replacement, so the 2 survivors took every shard
+    assert int(out.split("RESTARTS")[1].split()[0]) == 1
+    assert int(out.split("LIVE")[1].split()[0]) == 2
     assert float(out.split("MAXDIFF")[1].split()[0]) < 1e-9
 
 
@@ -290,11 +347,11 @@ def test_driver_killed_mid_run_resumes_to_the_same_parameters(omniglot_dir, tmp_
     proc.wait()
     ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
     assert ckpts and int(ckpts[-1].stem.split("_")[1]) < 12
-    # resumed in-process: the checkpoint does not care how many workers wrote it
-    resumed = subprocess.run(cmd[:-3] + ["--resume", str(run), "--workers", "0", "--no-progress"],
-                             capture_output=True, text=True,
+    # resumed as a user would, on the run's own 2 Ray workers
+    resumed = subprocess.run(cmd[:-3] + ["--resume", str(run), "--no-progress"], capture_output=True, text=True,
                              env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "engine transfer" in resumed.stdout          # the resumed steps ran on Ray workers
     ref = train(from_dict({**yaml.safe_load(cfg.read_text()), "engine": {"workers": 0, "dtype": "float64"}}),
                 out=tmp_path / "ref", progress=False)
     assert load_checkpoint(run)["learner_step"] == 12
@@ -319,9 +376,14 @@ def test_collective_allreduce_path_matches_and_survives_a_lost_worker(ray_sessio
     assert_same_params(reference, final_params(result), rtol=1e-9)
     result = train(cfg, out=tmp_path / "allreduce-fault", progress=False,
                    engine_factory=lambda c, core: collective(c, core, {1: (2, 1, "sigkill")}))
-    assert not engines[1].allreduce and engines[1].restarts >= 1  # fell back after the failure
+    assert not engines[1].allreduce and engines[1].restarts == 1  # fell back after the one failure
     assert result.step == 5
     assert_same_params(reference, final_params(result), rtol=1e-9)
+    # an error in the user's code is not a lost member: the run fails instead of falling back
+    with pytest.raises(ValueError, match="injected fault in meta-step 2"):
+        train(cfg, out=tmp_path / "allreduce-error", progress=False,
+              engine_factory=lambda c, core: collective(c, core, {1: (2, 1, "raise")}))
+    assert engines[2].allreduce and engines[2].restarts == 0
 
 
 class LinearTasks:

@@ -5,9 +5,12 @@ run a shard of a meta-batch.
 Contract: ``core.shard_gradient(flat_params, step, indices)`` returns
 ``(flat_grad_sum, metric_sums, count)``: the sum over the tasks ``indices`` of
 meta-step ``step`` of each task's gradient (``algorithm.task_gradient``) as one
-flat tensor, the summed metrics and the number of tasks. The in-process loop and
-every Ray worker call exactly this, so results do not depend on who computes
-which shard (up to float summation order).
+flat float64 tensor, the summed metrics and the number of tasks. The in-process
+loop and every Ray worker call exactly this, so results do not depend on who
+computes which shard. Sums are accumulated in float64 whatever ``engine.dtype``:
+float32 task gradients then add up to the same float32 mean however the tasks are
+split into shards (a float32 sum depends on the grouping, and Adam turns that
+rounding noise into whole steps on parameters whose true gradient is zero).
 """
 from __future__ import annotations
 
@@ -71,23 +74,26 @@ def load_datasets(cfg: ExperimentConfig):
 
 def meta_batch_gradient(algorithm, model, params, buffers, tasks: List[Dict[str, torch.Tensor]],
                         executor: str, on_task=None) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
-    """Sum over ``tasks`` of ``algorithm.task_gradient``, as a Python loop or one
-    vmap. ``on_task(k)`` is called before the k-th task of the loop (fault injection)."""
+    """Sum over ``tasks`` of ``algorithm.task_gradient`` (accumulated in float64), as a
+    Python loop or one vmap. ``on_task(k)`` is called before the k-th task of the loop
+    (fault injection)."""
+    f64 = torch.float64
     if executor == "vmap":
         fn = torch.func.vmap(lambda task: algorithm.task_gradient(model, params, buffers, task),
                              randomness="same")
         grads, metrics = fn(stack_tasks(tasks))
-        return {k: g.sum(0) for k, g in grads.items()}, {k: m.sum(0) for k, m in metrics.items()}
+        return ({k: g.to(f64).sum(0) for k, g in grads.items()},
+                {k: m.to(f64).sum(0) for k, m in metrics.items()})
     grad_sum: Dict[str, torch.Tensor] = {}
     metric_sum: Dict[str, torch.Tensor] = {}
     for k, task in enumerate(tasks):
         if on_task is not None:
             on_task(k)
         grads, metrics = algorithm.task_gradient(model, params, buffers, task)
-        for k, g in grads.items():
-            grad_sum[k] = grad_sum[k] + g if k in grad_sum else g
-        for k, m in metrics.items():
-            metric_sum[k] = metric_sum[k] + m if k in metric_sum else m
+        for name, g in grads.items():
+            grad_sum[name] = grad_sum[name] + g.to(f64) if name in grad_sum else g.to(f64)
+        for name, m in metrics.items():
+            metric_sum[name] = metric_sum[name] + m.to(f64) if name in metric_sum else m.to(f64)
     return grad_sum, metric_sum
 
 

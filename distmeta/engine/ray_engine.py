@@ -75,8 +75,8 @@ def connect(address: Optional[str], num_cpus: Optional[int] = None) -> bool:
         else:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
         return True
-    if address != "auto" and not address.startswith("ray://"):
-        probe_address(address)
+    if address != "auto":
+        probe_address(address[len("ray://"):] if address.startswith("ray://") else address)
     ray.init(address=address, **kwargs)
     return True
 
@@ -94,6 +94,10 @@ def shard_sizes(total: int, workers: int) -> List[Tuple[int, int]]:
     """Contiguous [start, stop) shards of ``range(total)`` over ``workers``."""
     bounds = np.cumsum([0] + [len(a) for a in np.array_split(np.arange(total), min(workers, total))])
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class CollectiveError(RuntimeError):
+    """A worker's allreduce failed (a member died or left): the group must be rebuilt."""
 
 
 def step_timing(wall: float, computes: Sequence[float], lost: float = 0.0) -> Dict[str, float]:
@@ -152,14 +156,18 @@ class TaskWorker:
         if stop > start:
             grad, metrics, count = self._shard(flat_params, step, start, stop)
         else:
-            grad, metrics, count = torch.zeros(flat_params.size, dtype=self.core.dtype), {}, 0
+            grad, metrics, count = torch.zeros(flat_params.size, dtype=torch.float64), {}, 0
         compute = time.perf_counter() - t0
-        col.allreduce(grad, group_name=group)
+        try:
+            col.allreduce(grad, group_name=group)
+        except Exception as exc:  # a lost member: tell the learner apart from an error in user code
+            raise CollectiveError(f"allreduce in group {group} failed: {exc}") from exc
         return (grad.numpy() if rank == 0 else None), metrics, count, compute
 
     def inject_fault(self, step: int, after_tasks: int, mode: str) -> None:
         """Test hook: at meta-step ``step``, after ``after_tasks`` tasks of a shard,
-        die by ``sigkill`` (the process), ``ray_kill`` (this actor) or ``hang`` (SIGSTOP)."""
+        die by ``sigkill`` (the process), ``ray_kill`` (this actor) or ``hang`` (SIGSTOP), or
+        ``raise`` an error as the user's code would."""
         import signal
 
         def hook(t, k):
@@ -173,6 +181,8 @@ class TaskWorker:
                     time.sleep(60)
                 elif mode == "hang":
                     os.kill(os.getpid(), signal.SIGSTOP)
+                elif mode == "raise":
+                    raise ValueError(f"injected fault in meta-step {t}")
 
         self.core.fault_hook = hook
 
@@ -207,7 +217,7 @@ class RayEngine:
         log.info("distmeta: %d workers on %d node(s) (%s)", len(infos), nodes,
                  ", ".join(f"pid {i['pid']} {i['device']}" for i in infos))
         self.worker_info = infos
-        grad_mb = core.initial_flat_params().numel() * torch.finfo(core.dtype).bits / 8 / 1e6
+        grad_mb = core.initial_flat_params().numel() * 8 / 1e6   # gradients travel as float64 sums
         self.allreduce = (e.allreduce_threshold_mb > 0 and grad_mb >= e.allreduce_threshold_mb
                           and e.workers > 1)
         self.group = None
@@ -242,13 +252,19 @@ class RayEngine:
 
         e = self.cfg.engine
         pg = placement_group([dict(self.worker_resources) for _ in range(e.workers)], strategy=e.placement)
-        ready, _ = ray.wait([pg.ready()], timeout=e.placement_timeout_s)
+        ready_ref, deadline = pg.ready(), time.monotonic() + e.placement_timeout_s
+        ready, _ = ray.wait([ready_ref], timeout=min(1.0, e.placement_timeout_s / 2))
+        while not ready and time.monotonic() < deadline:
+            log.warning("distmeta: waiting for resources (%.0fs left of engine.placement_timeout_s): %d workers x "
+                        "%s (%s) do not fit in what the cluster has free now, %s; an autoscaler may still add "
+                        "nodes", deadline - time.monotonic(), e.workers, self.worker_resources, e.placement,
+                        _free_resources())
+            ready, _ = ray.wait([ready_ref], timeout=max(0.0, min(30.0, deadline - time.monotonic())))
         if not ready:
             remove_placement_group(pg)
             raise DistmetaError(
                 f"engine: {e.workers} workers x {self.worker_resources} ({e.placement}) could not be placed "
-                f"within engine.placement_timeout_s={e.placement_timeout_s:g}s; cluster has "
-                f"{ray.available_resources()}")
+                f"within engine.placement_timeout_s={e.placement_timeout_s:g}s; free: {_free_resources()}")
         return pg
 
     def _spawn(self, slot: int):
@@ -282,14 +298,19 @@ class RayEngine:
         bounds = shard_sizes(meta_batch, len(slots)) + [(meta_batch, meta_batch)] * max(0, len(slots) - meta_batch)
         refs = [self.slots[s].compute_allreduce.remote(params_ref, step, a, b, self.group, rank)
                 for rank, (s, (a, b)) in enumerate(zip(slots, bounds))]
+        from ray.exceptions import RayTaskError
+
         try:
             results = ray.get(refs, timeout=self.cfg.engine.shard_timeout_s)
         except Exception as exc:  # a dead or hung member blocks the whole group
+            if isinstance(exc, RayTaskError) and not isinstance(exc, CollectiveError):
+                raise  # the user's code raised: as on the other paths, the run fails
             log.warning("distmeta: allreduce step %d failed (%s); rebuilding the workers and falling back "
                         "to learner aggregation", step, type(exc).__name__)
             self.allreduce = False
-            for slot in list(self.slots):
-                self._replace(slot, "left with the failed collective group")
+            self._count_restart(f"collective group failed at step {step} ({type(exc).__name__})")
+            for slot in list(self.slots):   # one failure: the whole group is rebuilt at once
+                self._replace(slot, "left with the failed collective group", count=False)
             self._adopt_ready_replacements(wait=self.cfg.engine.placement_timeout_s)
             return None
         grad = torch.from_numpy(np.array(results[0][0], copy=True))
@@ -362,13 +383,17 @@ class RayEngine:
         return results, [shard for _, shard, _ in failed]
 
     # -- worker pool -------------------------------------------------------------
-    def _replace(self, slot: int, reason: str) -> None:
-        import ray
-
+    def _count_restart(self, reason: str) -> None:
         self.restarts += 1
         if self.restarts > self.cfg.engine.max_worker_restarts:
             raise DistmetaError(f"engine: more than engine.max_worker_restarts="
                                 f"{self.cfg.engine.max_worker_restarts} worker failures; last: {reason}")
+
+    def _replace(self, slot: int, reason: str, count: bool = True) -> None:
+        import ray
+
+        if count:
+            self._count_restart(reason)
         actor = self.slots.pop(slot)
         try:
             ray.kill(actor, no_restart=True)
@@ -425,7 +450,7 @@ class RayEngine:
             if out is not None:
                 grad, metrics, count, computes = out
                 wall = time.perf_counter() - t0
-                self.bytes_last_step = params_sent + (param_bytes * len(self.slots) if by_value else 0) + param_bytes
+                self.bytes_last_step = params_sent + (param_bytes * len(self.slots) if by_value else 0) + grad.numel() * 8
                 return grad, metrics, count, step_timing(wall, computes)
         todo, results = None, {}
         t_round = t0   # start of the latest round of shards; earlier rounds' failures are lost time
@@ -529,6 +554,17 @@ def _shippable_registrations() -> Dict[str, Dict[str, Any]]:
             if module is not None and module.__name__ != "__main__":
                 cloudpickle.register_pickle_by_value(module)
     return snapshot
+
+
+def _free_resources() -> Dict[str, float]:
+    """The cluster's free CPUs, GPUs and memory (GB), for messages."""
+    import ray
+
+    free = ray.available_resources()
+    out = {k: round(free[k], 2) for k in ("CPU", "GPU") if k in free}
+    if "memory" in free:
+        out["memory_GB"] = round(free["memory"] / 1e9, 1)
+    return out
 
 
 def _autoscaler_could_fit(resources: Dict[str, float]) -> bool:
