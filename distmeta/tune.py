@@ -355,6 +355,10 @@ def run_tune(config_path: Optional[str], overrides: List[str], out: Optional[str
     (exp_dir / "distmeta_tune.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     try:
         if resume:
+            from distmeta.tune_resume import refill_rotated_checkpoints
+
+            for note in refill_rotated_checkpoints(exp_dir):
+                print(note, flush=True)
             tuner = tune.Tuner.restore(str(exp_dir), trainable=make_trainable(data), resume_unfinished=True,
                                        resume_errored=True)
         results = tuner.fit()
