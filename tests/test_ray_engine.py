@@ -360,8 +360,8 @@ def test_driver_killed_mid_run_resumes_to_the_same_parameters(omniglot_dir, tmp_
 
 def test_collective_allreduce_path_matches_and_survives_a_lost_worker(ray_session, omniglot_dir, tmp_path):
     """Above engine.allreduce_threshold_mb the workers sum gradients with a gloo
-    allreduce; a member lost mid-step falls back to learner aggregation with the
-    same result."""
+    allreduce; a member killed or hung mid-step falls back to learner aggregation
+    with the same result."""
     alg = {"name": "protonet"}
     reference = final_params(train(omniglot_config(omniglot_dir, alg, 0), out=tmp_path / "ref", progress=False))
     engines = []
@@ -379,11 +379,17 @@ def test_collective_allreduce_path_matches_and_survives_a_lost_worker(ray_sessio
     assert not engines[1].allreduce and engines[1].restarts == 1  # fell back after the one failure
     assert result.step == 5
     assert_same_params(reference, final_params(result), rtol=1e-9)
+    # a hung member (SIGSTOP) blocks the group until engine.shard_timeout_s, then the same fallback
+    hang_cfg = omniglot_config(omniglot_dir, alg, 2, allreduce_threshold_mb=1e-6, shard_timeout_s=10)
+    result = train(hang_cfg, out=tmp_path / "allreduce-hang", progress=False,
+                   engine_factory=lambda c, core: collective(c, core, {0: (2, 1, "hang")}))
+    assert not engines[2].allreduce and engines[2].restarts == 1 and result.step == 5
+    assert_same_params(reference, final_params(result), rtol=1e-9)
     # an error in the user's code is not a lost member: the run fails instead of falling back
     with pytest.raises(ValueError, match="injected fault in meta-step 2"):
         train(cfg, out=tmp_path / "allreduce-error", progress=False,
               engine_factory=lambda c, core: collective(c, core, {1: (2, 1, "raise")}))
-    assert engines[2].allreduce and engines[2].restarts == 0
+    assert engines[3].allreduce and engines[3].restarts == 0
 
 
 class LinearTasks:
