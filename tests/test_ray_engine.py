@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from distmeta.config import from_dict
+from distmeta.engine.core import MetaCore
 from distmeta.engine.ray_engine import RayEngine, connect, probe_address, shard_sizes, step_timing
 from distmeta.engine.run_dir import load_checkpoint
 from distmeta.engine.trainer import train
@@ -78,6 +79,23 @@ def test_same_parameters_with_0_1_2_3_workers(ray_session, omniglot_dir, tmp_pat
         result = train(omniglot_config(omniglot_dir, algorithm, workers), out=tmp_path / f"w{workers}", progress=False)
         assert result.step == 5
         assert_same_params(reference, final_params(result), rtol=1e-9)
+
+
+@pytest.mark.parametrize("algorithm", [
+    {"name": "fomaml", "inner_steps": 1, "inner_lr": 0.4},
+    {"name": "reptile", "inner_steps": 2, "inner_lr": 0.001, "inner_optimizer": "adam"},
+    {"name": "siamese", "loss": "contrastive", "margin": 1.0, "pairs": 8},
+], ids=["fomaml", "reptile", "siamese"])
+def test_every_method_shares_the_protocol(ray_session, omniglot_dir, tmp_path, algorithm):
+    """FOMAML's meta-gradients, Reptile's summed (phi - theta) and Siamese episode gradients
+    go through the same shard protocol: 2 workers give the in-process parameters."""
+    cfg = omniglot_config(omniglot_dir, algorithm)
+    initial = MetaCore(cfg).initial_flat_params()
+    reference = final_params(train(cfg, out=tmp_path / "w0", progress=False))
+    result = train(omniglot_config(omniglot_dir, algorithm, 2), out=tmp_path / "w2", progress=False)
+    assert_same_params(reference, final_params(result), rtol=1e-9)
+    trained = torch.cat([reference[n].reshape(-1) for n, _ in MetaCore(cfg).model.named_parameters()])
+    assert float((trained - initial).norm()) > 1e-3   # the 5 steps moved the parameters
 
 
 def test_float32_parameters_match_within_1e_5(ray_session, omniglot_dir, tmp_path, capsys):
