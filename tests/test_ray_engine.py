@@ -90,11 +90,12 @@ def test_every_method_shares_the_protocol(ray_session, omniglot_dir, tmp_path, a
     """FOMAML's meta-gradients, Reptile's summed (phi - theta) and Siamese episode gradients
     go through the same shard protocol: 2 workers give the in-process parameters."""
     cfg = omniglot_config(omniglot_dir, algorithm)
-    initial = MetaCore(cfg).initial_flat_params()
+    core = MetaCore(cfg)
     reference = final_params(train(cfg, out=tmp_path / "w0", progress=False))
     result = train(omniglot_config(omniglot_dir, algorithm, 2), out=tmp_path / "w2", progress=False)
     assert_same_params(reference, final_params(result), rtol=1e-9)
-    trained = torch.cat([reference[n].reshape(-1) for n, _ in MetaCore(cfg).model.named_parameters()])
+    initial = core.initial_flat_params()
+    trained = torch.cat([reference[n].reshape(-1) for n in core.param_names])
     assert float((trained - initial).norm()) > 1e-3   # the 5 steps moved the parameters
 
 
@@ -383,30 +384,25 @@ def test_collective_allreduce_path_matches_and_survives_a_lost_worker(ray_sessio
     alg = {"name": "protonet"}
     reference = final_params(train(omniglot_config(omniglot_dir, alg, 0), out=tmp_path / "ref", progress=False))
     engines = []
-
-    def collective(cfg, core, plan=None):
-        engines.append(RayEngine(cfg, core, fault_plan=plan))
-        return engines[-1]
-
     cfg = omniglot_config(omniglot_dir, alg, 2, allreduce_threshold_mb=1e-6)
-    result = train(cfg, out=tmp_path / "allreduce", progress=False, engine_factory=collective)
+    result = train(cfg, out=tmp_path / "allreduce", progress=False, engine_factory=recording_factory(engines))
     assert engines[0].group is not None and engines[0].allreduce   # the collective path ran throughout
     assert_same_params(reference, final_params(result), rtol=1e-9)
     result = train(cfg, out=tmp_path / "allreduce-fault", progress=False,
-                   engine_factory=lambda c, core: collective(c, core, {1: (2, 1, "sigkill")}))
+                   engine_factory=recording_factory(engines, {1: (2, 1, "sigkill")}))
     assert not engines[1].allreduce and engines[1].restarts == 1  # fell back after the one failure
     assert result.step == 5
     assert_same_params(reference, final_params(result), rtol=1e-9)
     # a hung member (SIGSTOP) blocks the group until engine.shard_timeout_s, then the same fallback
     hang_cfg = omniglot_config(omniglot_dir, alg, 2, allreduce_threshold_mb=1e-6, shard_timeout_s=10)
     result = train(hang_cfg, out=tmp_path / "allreduce-hang", progress=False,
-                   engine_factory=lambda c, core: collective(c, core, {0: (2, 1, "hang")}))
+                   engine_factory=recording_factory(engines, {0: (2, 1, "hang")}))
     assert not engines[2].allreduce and engines[2].restarts == 1 and result.step == 5
     assert_same_params(reference, final_params(result), rtol=1e-9)
     # an error in the user's code is not a lost member: the run fails instead of falling back
     with pytest.raises(ValueError, match="injected fault in meta-step 2"):
         train(cfg, out=tmp_path / "allreduce-error", progress=False,
-              engine_factory=lambda c, core: collective(c, core, {1: (2, 1, "raise")}))
+              engine_factory=recording_factory(engines, {1: (2, 1, "raise")}))
     assert engines[3].allreduce and engines[3].restarts == 0
 
 

@@ -102,9 +102,8 @@ class CollectiveError(RuntimeError):
 
 def step_timing(wall: float, computes: Sequence[float], lost: float = 0.0) -> Dict[str, float]:
     """Split an engine step's ``wall`` seconds into compute / wait / transfer (module
-    docstring) from the shards' compute seconds and the time ``lost`` to failed attempts."""
-    if not computes:
-        return {"compute": 0.0, "wait": lost, "transfer": max(wall - lost, 0.0)}
+    docstring) from the shards' compute seconds (at least one) and the time ``lost`` to
+    failed attempts."""
     mean = sum(computes) / len(computes)
     transfer = max(wall - lost - max(computes), 0.0)
     return {"compute": mean, "wait": max(wall - mean - transfer, 0.0), "transfer": transfer}
@@ -217,13 +216,14 @@ class RayEngine:
         log.info("distmeta: %d workers on %d node(s) (%s)", len(infos), nodes,
                  ", ".join(f"pid {i['pid']} {i['device']}" for i in infos))
         self.worker_info = infos
-        grad_mb = core.initial_flat_params().numel() * 8 / 1e6   # gradients travel as float64 sums
+        numel = core.initial_flat_params().numel()
+        grad_mb = numel * 8 / 1e6   # gradients travel as float64 sums
         self.allreduce = (e.allreduce_threshold_mb > 0 and grad_mb >= e.allreduce_threshold_mb
                           and e.workers > 1)
         self.group = None
         if self.allreduce:
             self._create_group()
-        param_bytes = core.initial_flat_params().numel() * torch.finfo(core.dtype).bits // 8
+        param_bytes = numel * torch.finfo(core.dtype).bits // 8
         self.compiled = not self.allreduce and (
             e.compiled_graph == "always" or (e.compiled_graph == "auto" and param_bytes <= INLINE_PARAMS_BYTES))
         self._graphs: Dict[int, Tuple[Tuple[int, int], Any]] = {}  # slot -> (shard, compiled graph)
