@@ -335,7 +335,7 @@ def run_tune(config_path: Optional[str], overrides: List[str], out: Optional[str
              resume: Optional[str] = None, address: Optional[str] = None) -> Dict[str, Any]:
     from ray import tune
 
-    from distmeta.engine.ray_engine import connect
+    from distmeta.address import connect_ray as connect
 
     if resume:
         meta = Path(resume) / "distmeta_tune.yaml"

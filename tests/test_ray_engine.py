@@ -17,7 +17,8 @@ import yaml
 
 from distmeta.config import from_dict
 from distmeta.engine.core import MetaCore
-from distmeta.engine.ray_engine import RayEngine, connect, probe_address, shard_sizes, step_timing
+from distmeta.address import connect_ray as connect, probe_address
+from distmeta.engine.ray_engine import RayEngine, shard_sizes, step_timing
 from distmeta.engine.run_dir import load_checkpoint
 from distmeta.engine.trainer import train
 from distmeta.errors import DistmetaError
@@ -244,7 +245,7 @@ def test_empty_address_is_an_embedded_ray_even_with_ray_address_set():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = ("import ray; from distmeta.engine.ray_engine import connect; started = connect(''); "
+    code = ("import ray; from distmeta.address import connect_ray; started = connect_ray(''); "
             "print('STARTED', started, 'GCS', ray.get_runtime_context().gcs_address); ray.shutdown()")
     env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_JOB_CONFIG_JSON_ENV_VAR", None)
