@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distmeta.algorithms.base import task_loss  # noqa: E402
 from distmeta.algorithms.maml import MAML  # noqa: E402
-from distmeta.config import AlgorithmConfig, ModelConfig  # noqa: E402
+from distmeta.algorithms.maml import MAMLConfig  # noqa: E402
+from distmeta.config import ModelConfig  # noqa: E402
 from distmeta.engine.core import meta_batch_gradient  # noqa: E402
 from distmeta.models.backbones import MLP, Conv4  # noqa: E402
 from distmeta.models.network import Network  # noqa: E402
@@ -176,7 +177,7 @@ def peak_memory_mb(device):
 # --------------------------------------------------------------------------- benchmark
 def bench_setting(label, model, tasks, kind, inner_steps, inner_lr, second_order, device, repeats, warmup,
                   executors):
-    algo = MAML(AlgorithmConfig(name="maml", inner_steps=inner_steps, inner_lr=inner_lr,
+    algo = MAML(MAMLConfig(name="maml", inner_steps=inner_steps, inner_lr=inner_lr,
                                 first_order=not second_order), kind)
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = dict(model.named_buffers())

@@ -15,11 +15,12 @@ def train(config=None, out=None, steps=None, resume=None, **kwargs):
     return _train(config, out=out, steps=steps, resume=resume, **kwargs)
 
 
-def load(path, device="cpu"):
-    """Load a run folder or checkpoint as an adaptable model (never executes checkpoint code)."""
+def load(path, device="cpu", checkpoint="final"):
+    """Load a run folder (its ``final`` or ``best`` checkpoint) or a checkpoint file as an
+    adaptable model (never executes checkpoint code)."""
     from distmeta.api import load as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, checkpoint=checkpoint)
 
 
 __all__ = ["train", "load", "__version__"]

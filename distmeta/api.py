@@ -15,7 +15,7 @@ from typing import Optional, Union
 import torch
 
 from distmeta.config import from_dict
-from distmeta.engine.run_dir import CheckpointError, load_checkpoint
+from distmeta.engine.run_dir import CheckpointError, load_run_checkpoint
 
 
 class Predictor:
@@ -47,15 +47,19 @@ class AdaptableModel:
         return Predictor(self, state)
 
 
-def load(path: Union[str, Path], device: str = "cpu") -> AdaptableModel:
+def load(path: Union[str, Path], device: str = "cpu", checkpoint: str = "final") -> AdaptableModel:
+    """``checkpoint``: ``final`` (the newest) or ``best`` (selected on validation tasks)."""
     from distmeta.models.network import build_network
     from distmeta.registry import ALGORITHMS
 
-    state = load_checkpoint(path)
-    cfg = from_dict(state["config"])
-    if cfg.rl:
-        raise CheckpointError(f"{path}: a Meta-RL run; use distmeta.rl.evaluate_rl")
-    input_shape, output_dim, kind = _task_shape(cfg, state)
+    ckpt, _ = load_run_checkpoint(path, checkpoint)
+    cfg = from_dict(ckpt["config"])
+    if cfg.rl is not None:
+        raise CheckpointError(f"{path}: a Meta-RL run; evaluate it with distmeta eval")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(f"device {device!r}: CUDA is not available on this machine")
+    state = ckpt["state"]
+    input_shape, output_dim, kind = _task_shape(state)
     algorithm = ALGORITHMS.get(cfg.algorithm.name)(cfg.algorithm, kind)
     network = build_network(cfg, input_shape, algorithm, output_dim).to(getattr(torch, cfg.engine.dtype))
     try:
@@ -65,7 +69,7 @@ def load(path: Union[str, Path], device: str = "cpu") -> AdaptableModel:
     return AdaptableModel(cfg, network.to(device), algorithm, torch.device(device))
 
 
-def _task_shape(cfg, state):
+def _task_shape(state):
     """Input shape, output size and task kind, stored with the checkpoint's config."""
     meta = state.get("task_shape")
     if meta:

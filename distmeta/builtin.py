@@ -9,11 +9,8 @@ import distmeta.models.backbones  # noqa: F401
 import distmeta.tasks.episodes  # noqa: F401
 import distmeta.tasks.sinusoid  # noqa: F401
 
-try:  # the data readers register omniglot, parquet, miniimagenet
-    import distmeta.data.omniglot  # noqa: F401
-    import distmeta.data.store  # noqa: F401
-    import distmeta.data.miniimagenet  # noqa: F401
-except ModuleNotFoundError:  # pragma: no cover - during development only
-    pass
+import distmeta.data.omniglot  # noqa: F401  (the data readers register omniglot, parquet, miniimagenet)
+import distmeta.data.store  # noqa: F401
+import distmeta.data.miniimagenet  # noqa: F401
 
 DATASETS.register("none", lambda data_cfg: {})

@@ -11,7 +11,7 @@ SUBCOMMAND_MODULES = [
     "distmeta.commands",   # train, eval, validate
     "distmeta.data.cli",   # data prepare / info
     "distmeta.tune",       # tune
-    "distmeta.jobs",       # submit, jobs
+    "distmeta.jobs.cli",   # submit, jobs
 ]
 
 

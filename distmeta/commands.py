@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from distmeta.config import apply_overrides, from_dict, load_config_dict
+from distmeta.config import apply_overrides, from_dict, load_config_dict, set_field
 
 
 def register(sub) -> None:
@@ -36,15 +36,18 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "eval", help="evaluate a trained run on held-out tasks",
-        description="Adapt to held-out episodes and report mean and 95%% CI (a table, or one JSON object "
-                    "with --json whose headline key is accuracy, mse or mean_return).")
+        description="Score a run's final checkpoint on its test tasks: mean and 95 %% CI (a table, or one "
+                    "JSON object with --json whose headline key is accuracy, mse or mean_return).")
     p.add_argument("run", help="run folder or checkpoint file")
     p.add_argument("--episodes", type=int, help="held-out episodes (default eval.final_episodes)")
     p.add_argument("--ways", type=int)
     p.add_argument("--shots", type=int)
     p.add_argument("--queries", type=int)
     p.add_argument("--inner-steps", type=int, help="adaptation steps (MAML/Reptile)")
-    p.add_argument("--split", choices=["train", "val", "test"], help="held-out split (default test, else val)")
+    p.add_argument("--split", choices=["val", "test"], default="test",
+                   help="tasks to score: test (default; the data's held-out split) or val")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final",
+                   help="final (default) or best: the checkpoint selected on validation")
     p.add_argument("--data-root", help="folder with the dataset files (overrides data.root)")
     p.add_argument("--omniglot-runs", metavar="DIR",
                    help="score the official 20-run one-shot benchmark layout (run01..run20)")
@@ -52,90 +55,82 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _cli_overrides(args) -> list:
-    extra = list(args.overrides or [])
-    if getattr(args, "workers", None) is not None:
-        extra.append(f"engine.workers={args.workers}")
-    if getattr(args, "address", None) is not None:
-        extra.append(f"engine.address={json.dumps(args.address)}")
-    if getattr(args, "data_root", None):
-        extra.append(f"data.root={json.dumps(args.data_root)}")
-    return extra
+def _typed_flags(cfg, args) -> None:
+    """CLI flags set typed fields directly (validated like the YAML)."""
+    flags = {"engine.workers": getattr(args, "workers", None), "engine.address": getattr(args, "address", None),
+             "data.root": getattr(args, "data_root", None)}
+    for dotted, value in flags.items():
+        if value is not None:
+            set_field(cfg, dotted, value)
 
 
 def cmd_train(args) -> int:
     from distmeta.engine.run_dir import RunDir
     from distmeta.engine.trainer import train
+    from distmeta.errors import DistmetaError
 
+    if args.steps is not None and args.steps <= 0:
+        raise DistmetaError(f"--steps: must be > 0, got {args.steps}")
     if args.config:
-        data = load_config_dict(args.config, _cli_overrides(args))
+        data = load_config_dict(args.config, args.overrides)
     elif args.resume and args.resume != "auto":
-        data = apply_overrides(RunDir.open(args.resume).config_dict(), _cli_overrides(args))
+        data = apply_overrides(RunDir.open(args.resume).config_dict(), args.overrides)
     else:
-        from distmeta.errors import DistmetaError
-
         raise DistmetaError("train: give a CONFIG (or --resume RUN_DIR)")
     cfg = from_dict(data)
+    _typed_flags(cfg, args)
     result = train(cfg, out=args.out, steps=args.steps, resume=args.resume, progress=args.progress)
-    print(f"run folder: {result.path}")
     return 130 if result.status == "interrupted" else 0
 
 
 def cmd_validate(args) -> int:
     import yaml
 
-    data = load_config_dict(args.config, args.overrides)
-    cfg = from_dict(data)
-    if data.get("tune"):
-        from distmeta.tune import parse_tune_section
-
-        parse_tune_section(data)
+    cfg = from_dict(load_config_dict(args.config, args.overrides))
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     print(f"{args.config}: valid", file=sys.stderr)
     return 0
 
 
-def evaluate_run(run: str, episodes=None, ways=None, shots=None, queries=None, inner_steps=None, split=None,
-                 data_root=None, omniglot_runs=None):
-    """The figures ``distmeta eval`` prints, as a dict."""
-    from distmeta.engine.core import MetaCore
-    from distmeta.engine.run_dir import load_checkpoint
-    from distmeta.evaluation import evaluate
+def _positive(name: str, value) -> None:
+    from distmeta.errors import DistmetaError
 
-    state = load_checkpoint(run)
-    data = state["config"]
-    if data.get("rl"):
-        from distmeta.rl import evaluate_rl
+    if value is not None and value <= 0:
+        raise DistmetaError(f"--{name}: must be > 0, got {value}")
 
-        return evaluate_rl(Path(run), episodes=episodes)
+
+def evaluate_run(run: str, episodes=None, ways=None, shots=None, queries=None, inner_steps=None, split="test",
+                 data_root=None, omniglot_runs=None, checkpoint="final"):
+    """The figures ``distmeta eval`` prints, as a dict: by default the final checkpoint on the test split."""
+    from distmeta.engine.run_dir import load_run_checkpoint
+    from distmeta.errors import DistmetaError
+    from distmeta.method import method_class
+
+    for name, value in (("episodes", episodes), ("ways", ways), ("shots", shots), ("queries", queries)):
+        _positive(name, value)
+    if inner_steps is not None and inner_steps < 0:
+        raise DistmetaError(f"--inner-steps: must be >= 0, got {inner_steps}")
     if omniglot_runs:
-        return evaluate_oneshot_runs(run, omniglot_runs, inner_steps)
+        return evaluate_oneshot_runs(run, omniglot_runs, inner_steps, checkpoint)
+    state, which = load_run_checkpoint(run, checkpoint)
+    data = state["config"]
     if data_root:
         data = apply_overrides(data, [f"data.root={json.dumps(data_root)}"])
     cfg = from_dict(data)
-    core = MetaCore(cfg)
-    core.model.load_state_dict(state["model"])
-    split = split or ("test" if ("test" in core.datasets or not core.datasets) else "val")
-    flat = core.initial_flat_params()
-    out = evaluate(core, flat, split, episodes or cfg.eval.final_episodes, inner_steps=inner_steps,
-                   ways=ways, shots=shots, queries=queries)
-    task = core.task_distribution(split, **{k: v for k, v in (("ways", ways), ("shots", shots)) if v})
-    setting = {"split": split, "step": int(state["step"]), "algorithm": cfg.algorithm.name}
-    if task.kind == "classification":
-        setting.update(ways=ways or cfg.task.ways, shots=shots or cfg.task.shots)
-    else:
-        setting.update(shots=shots or cfg.task.shots)
-    if core.algorithm.name in ("maml", "fomaml", "reptile"):  # only these adapt with an inner loop
-        setting["inner_steps"] = inner_steps or cfg.algorithm.eval_inner_steps or cfg.algorithm.inner_steps
-    return {**out, **setting}
+    method = method_class(cfg).from_checkpoint(cfg, state["state"])
+    task = {k: v for k, v in (("ways", ways), ("shots", shots), ("queries", queries),
+                              ("inner_steps", inner_steps)) if v is not None}
+    out = method.evaluate(split or "test", episodes or cfg.eval.final_episodes, **task)
+    setting = method.eval_setting(ways, shots, inner_steps) if hasattr(method, "eval_setting") else {}
+    return {**out, **setting, "checkpoint": which, "iteration": int(state["step"])}
 
 
-def evaluate_oneshot_runs(run: str, runs_dir: str, inner_steps=None):
+def evaluate_oneshot_runs(run: str, runs_dir: str, inner_steps=None, checkpoint="final"):
     """Accuracy and error over the official 20-run, 400-trial one-shot layout."""
     import distmeta
     from distmeta.data.oneshot_runs import evaluate_runs, read_runs
 
-    model = distmeta.load(run)
+    model = distmeta.load(run, checkpoint=checkpoint)
     size = model.config.data.image_size
 
     def predict(support_x, query_x):
@@ -153,7 +148,7 @@ def evaluate_oneshot_runs(run: str, runs_dir: str, inner_steps=None):
 
 def cmd_eval(args) -> int:
     result = evaluate_run(args.run, args.episodes, args.ways, args.shots, args.queries, args.inner_steps,
-                          args.split, args.data_root, args.omniglot_runs)
+                          args.split, args.data_root, args.omniglot_runs, args.checkpoint)
     if args.json:
         print(json.dumps(result))
         return 0

@@ -3,3 +3,7 @@
 
 class DistmetaError(RuntimeError):
     """A run cannot start or continue; the message names the cause."""
+
+
+class NonFiniteError(DistmetaError):
+    """A loss, gradient or score stopped being finite: the run stops before applying it."""

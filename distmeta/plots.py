@@ -1,5 +1,6 @@
-"""Plots a person would rather look at than read: learning curves for every run
-and, for sinusoid regression, adapted curves against the true function."""
+"""Plots a person would rather look at than read: learning curves for every run,
+where a Ray meta-step's time goes and, for sinusoid regression, adapted curves
+against the true function."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,24 +9,55 @@ from typing import Optional
 import torch
 
 
-def plot_run(cfg, core, learner, run, logger) -> None:
-    # for regression the training "mse" is the loss itself: plot it once
-    train_keys = ["loss", "accuracy", "pair_accuracy"]
-    logger.plot(train_keys + ["val_accuracy", "val_mse", "tasks_per_s"], title=cfg.name)
-    plot_step_time(logger, run.path / "step_time.png", title=cfg.name)
-    if cfg.task.kind == "sinusoid":
-        plot_sinusoid_fits(core, learner.flat_params(), run.path / "sinusoid_fits.png")
+def plot_curves(logger, method, title: str = "") -> Optional[Path]:
+    """``learning_curves.png``: one panel per training metric the method reports, its
+    validation score and its throughput, against the iteration. Validation points are
+    marked; a curve with few points is drawn with markers so that no panel is a lone dot."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    keys = list(method.progress_keys) + [f"val_{method.score_key}", f"{method.work_unit}_per_s"]
+    keys = [k for k in dict.fromkeys(keys) if logger.series(k)[0]]
+    if not keys:
+        return None
+    cols = min(3, len(keys))
+    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(len(keys) / cols)),
+                             squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        xs, ys = logger.series(key)
+        is_val = key.startswith("val_")
+        ax.plot(xs, ys, marker="o" if is_val or len(xs) < 30 else None, ms=4, color="C1" if is_val else "C0",
+                label="validation" if is_val else "training (window mean)")
+        ax.set_title(key)
+        ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5, integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = logger.path.parent / "learning_curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 STEP_PARTS = [("compute", "compute (mean worker)"), ("wait", "wait (slowest worker, re-runs)"),
               ("transfer", "transfer (parameters, calls, gradients)"), ("learner", "learner (apply)")]
 
 
-def plot_step_time(logger, out: Path, title: str = "") -> Optional[Path]:
+def plot_step_time(rows, out: Path, title: str = "") -> Optional[Path]:
     """Where a meta-step's time went on a Ray run: stacked ms per step of compute, wait,
     transfer and the learner's own work (``time_*_s`` in metrics.csv, each the mean over
     the steps since the previous log line). None for in-process runs, which log no transfer."""
-    rows = [r for r in logger.rows if r.get("time_transfer_s") not in (None, "")]
+    rows = [r for r in rows if r.get("time_transfer_s") not in (None, "")]
     if not rows:
         return None
     import matplotlib
@@ -64,7 +96,7 @@ def plot_sinusoid_fits(core, flat_params, out: Path, n_tasks: int = 4) -> Path:
     algo, model, buffers = core.algorithm, core.model, core.buffers
     fig, axes = plt.subplots(1, n_tasks, figsize=(4 * n_tasks, 3.2), squeeze=False)
     for ax, task in zip(axes[0], core.make_tasks("test", 0, range(n_tasks))):
-        steps = algo.cfg.eval_inner_steps or algo.cfg.inner_steps
+        steps = algo.eval_inner_steps()
         state = algo.adapt(model, params, buffers, task["support_x"], task["support_y"], steps)
         with torch.no_grad():
             x = task["query_x"]

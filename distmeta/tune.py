@@ -22,7 +22,8 @@ learner plus one per worker), reports the validation metric under the name
 ``distmeta eval --json`` uses, and checkpoints the complete learner state
 (parameters, optimizer, step, RNG) through Tune, so PBT's exploit restores a
 whole learner and ``distmeta tune --resume DIR`` continues an interrupted search.
-Meta-RL configs are tuned through the RLlib trainable of ``distmeta.rl``.
+Every method (supervised, RL^2, MAML-RL) runs through the same trainable; its
+trial resources are the method's own request (``Method.resources``).
 """
 from __future__ import annotations
 
@@ -31,72 +32,25 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 import yaml
 
-from distmeta.config import ConfigError, _build, apply_overrides, from_dict, load_config_dict
+from distmeta.config import ConfigError, apply_overrides, from_dict, load_config_dict, reported_metrics
+from distmeta.engine.run_dir import CHECKPOINT_FORMAT
+from distmeta.schema import TuneConfig
 from distmeta.errors import DistmetaError
 
-DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
-SCHEDULERS = ("asha", "pbt", "median", "fifo")
-SEARCHERS = ("random", "grid", "optuna", "hyperopt")
-CHECKPOINT_FILE = "learner.pt"
-
-
-@dataclass
-class TuneConfig:
-    space: Dict[str, Any] = field(default_factory=dict)
-    num_samples: int = 1
-    metric: Optional[str] = None
-    mode: Optional[str] = None
-    scheduler: str = "fifo"
-    scheduler_options: Dict[str, Any] = field(default_factory=dict)
-    search: str = "random"
-    max_concurrent: int = 0
-    stop: Dict[str, Any] = field(default_factory=dict)
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def parse_tune_section(data: Dict[str, Any]) -> TuneConfig:
-    """Validate the ``tune`` section (and that every searched field exists)."""
-    tc = _build(TuneConfig, data.get("tune") or {}, "tune")
-    if tc.scheduler not in SCHEDULERS:
-        raise ConfigError(f"tune.scheduler: {tc.scheduler!r} is not one of {list(SCHEDULERS)}")
-    if tc.search not in SEARCHERS:
-        raise ConfigError(f"tune.search: {tc.search!r} is not one of {list(SEARCHERS)}")
-    if tc.mode not in (None, "max", "min"):
-        raise ConfigError(f"tune.mode: {tc.mode!r} is not one of ['max', 'min']")
-    if tc.num_samples < 1:
-        raise ConfigError(f"tune.num_samples: must be >= 1, got {tc.num_samples}")
-    if not tc.space:
-        raise ConfigError("tune.space: give at least one field to search")
-    base = {k: v for k, v in data.items() if k != "tune"}
-    for key, spec in tc.space.items():
-        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-            raise ConfigError(f"tune.space.{key}: expected one of {list(DISTRIBUTIONS)} with its arguments, "
-                              f"got {spec!r}")
-        kind, args = next(iter(spec.items()))
-        if kind in ("loguniform", "uniform", "randint") and (not isinstance(args, list) or len(args) != 2):
-            raise ConfigError(f"tune.space.{key}.{kind}: expected [low, high], got {args!r}")
-        if kind in ("choice", "grid") and (not isinstance(args, list) or not args):
-            raise ConfigError(f"tune.space.{key}.{kind}: expected a non-empty list, got {args!r}")
-        sample = args[0]
-        try:  # the field exists and accepts a value of this distribution
-            from_dict(apply_overrides(copy.deepcopy(base), [f"{key}={json.dumps(sample)}"]))
-        except ConfigError as exc:
-            raise ConfigError(f"tune.space.{key}: {exc}") from None
-    if tc.search == "grid" and any(next(iter(s)) not in ("grid", "choice") for s in tc.space.values()):
-        raise ConfigError("tune.search: grid needs every tune.space entry to be grid or choice")
-    return tc
-
-
-def default_metric(cfg) -> str:
-    if cfg.rl:
-        return "mean_return"
-    return "mse" if cfg.task.kind == "sinusoid" else "accuracy"
+    """The validated ``tune`` section of an experiment (every searched field checked)."""
+    if not data.get("tune"):
+        raise ConfigError("tune: the config has no tune section (tune.space lists the fields to search)")
+    return from_dict(data).tune
 
 
 def param_space(tc: TuneConfig) -> Dict[str, Any]:
@@ -126,84 +80,65 @@ def _plain(v):
     return v
 
 
-def placement_factory(cfg):
-    """One bundle for the learner, one per task worker, in the config's strategy."""
-    from ray.tune import PlacementGroupFactory
-
-    e = cfg.engine
-    learner = {"CPU": e.learner_num_cpus, **({"GPU": e.learner_num_gpus} if e.learner_num_gpus else {})}
-    worker = {"CPU": e.num_cpus, **({"GPU": e.num_gpus} if e.num_gpus else {})}
-    return PlacementGroupFactory([learner] + [dict(worker) for _ in range(e.workers)], strategy=e.placement)
-
-
-def supervised_trainable(params: Dict[str, Any], base: Dict[str, Any]) -> None:
-    """One Tune trial: the training loop with Tune reporting and checkpoints."""
+def trainable(params: Dict[str, Any], base: Dict[str, Any]) -> None:
+    """One Tune trial of any distmeta experiment: the run loop, reporting after every validation
+    and checkpointing the whole run state through Tune (PBT restores it; so does --resume)."""
     from ray import tune
 
     from distmeta.engine.trainer import train
-    from distmeta.engine.ray_engine import RayEngine
 
     cfg = from_dict(trial_config(base, params))
-    state = None
     checkpoint = tune.get_checkpoint()
+    state = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    restored_step = int(state["learner_step"]) if state is not None else 0
+    restored = int(state["step"]) if state is not None else 0
 
-    def reporter(step, metrics, state_fn):
-        full = state_fn()
-        opt_steps = _optimizer_step(full["optimizer"])
+    def reporter(iteration, metrics, checkpoint_fn):
+        full = {**checkpoint_fn(), "step": iteration, "format": CHECKPOINT_FORMAT}
         report = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
-        report.update(step=step, restored_step=restored_step, optimizer_steps=opt_steps, **engine_facts)
+        report.update(step=iteration, restored_step=restored, **facts(full))
         with tempfile.TemporaryDirectory() as d:
             torch.save(full, Path(d) / CHECKPOINT_FILE)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
 
-    engine_facts: Dict[str, Any] = {}
-
-    def engine_factory(c, core):
-        if c.engine.workers == 0:
-            from distmeta.engine.local import LocalEngine
-
-            return LocalEngine(core)
-        engine = RayEngine(c, core)
-        trial_pg = engine.pg.id.hex()
-        engine_facts["placement_group"] = trial_pg
-        engine_facts["workers_in_trial_group"] = float(all(i.get("pg") == trial_pg for i in engine.worker_info))
-        return engine
-
     train(cfg, out=Path(tune.get_context().get_trial_dir()) / "run", progress=False, reporter=reporter,
-          initial_state=state, engine_factory=engine_factory)
+          initial_state=state)
 
 
-def _optimizer_step(opt_state: Dict[str, Any]) -> float:
-    for s in opt_state.get("state", {}).values():
+def facts(checkpoint: Dict[str, Any]) -> Dict[str, float]:
+    """A check a search can assert on: the outer optimizer's own step count (a PBT restore
+    must bring it back together with the parameters)."""
+    optimizer = checkpoint["state"].get("optimizer")
+    for s in (optimizer.get("state", {}).values() if isinstance(optimizer, dict) else []):
         if "step" in s:
-            return float(s["step"])
-    return 0.0
+            return {"optimizer_steps": float(s["step"])}
+    return {}
 
 
 def make_trainable(data: Dict[str, Any]):
-    """The Tune trainable of an experiment, sized by its resource request."""
+    """The Tune trainable of an experiment, sized by its method's resource request."""
     from ray import tune
+
+    from distmeta.method import method_class
 
     base = {k: v for k, v in data.items() if k != "tune"}
     cfg = from_dict(base)
-    if cfg.rl:
-        from distmeta.rl import rl_tune_trainable
-
-        return rl_tune_trainable(cfg)
-    return tune.with_resources(tune.with_parameters(supervised_trainable, base=base), placement_factory(cfg))
+    resources = method_class(cfg).resources(cfg)
+    wrapped = tune.with_parameters(trainable, base=base)
+    return tune.with_resources(wrapped, resources) if resources is not None else wrapped
 
 
 def build_tuner(data: Dict[str, Any], out: Optional[str] = None):
     from ray import tune
     from ray.tune import RunConfig, TuneConfig as RayTuneConfig
 
-    tc = parse_tune_section(data)
-    cfg = from_dict({k: v for k, v in data.items() if k != "tune"})
-    metric = tc.metric or default_metric(cfg)
+    cfg = from_dict(data)
+    tc = cfg.tune
+    if tc is None:
+        raise ConfigError("tune: the config has no tune section (tune.space lists the fields to search)")
+    metric = tc.metric or reported_metrics(cfg)[0]
     mode = tc.mode or ("min" if metric in ("mse", "loss") else "max")
     trainable = make_trainable(data)
     tune_cfg = RayTuneConfig(metric=metric, mode=mode, num_samples=tc.num_samples,
@@ -260,22 +195,14 @@ def make_searcher(tc: TuneConfig, metric: str, mode: str):
                             f"pip install 'distmeta[tune-search]' ({exc})") from None
 
 
-def export_best(checkpoint_dir: Path, trial_params: Dict[str, Any], base: Dict[str, Any], out: Path) -> Path:
+def export_best(checkpoint_dir: Path, out: Path) -> Path:
     """Write a trial checkpoint as a distmeta run folder (readable by ``distmeta.load``/``eval``)."""
     from distmeta.engine.run_dir import RunDir
 
-    if (checkpoint_dir / CHECKPOINT_FILE).is_file():
-        state = torch.load(checkpoint_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        step = int(state["learner_step"])
-    else:  # a Meta-RL trial (distmeta.rl.tuning)
-        from distmeta.rl.tuning import CHECKPOINT_FILE as RL_FILE
-
-        rl_state = torch.load(checkpoint_dir / RL_FILE, map_location="cpu", weights_only=True)
-        state = {"learner": rl_state["learner"], "env_steps": rl_state["env_steps"], "algorithm": "rl2",
-                 "config": trial_config(base, trial_params), "curve_x": [], "curve_y": []}
-        step = int(rl_state["iteration"])
+    state = torch.load(checkpoint_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     export = RunDir.create(out, state["config"])
-    export.save_checkpoint({k: v for k, v in state.items() if k not in ("step", "format")}, step, keep_last=1)
+    export.save_checkpoint({k: v for k, v in state.items() if k not in ("step", "format")}, int(state["step"]),
+                           keep_last=1)
     return export.path
 
 
@@ -300,7 +227,7 @@ def summarize(results, metric: str, mode: str, out_dir: Path, base: Optional[Dic
         best = None
     if best is not None and best.checkpoint is not None:
         with best.checkpoint.as_directory() as d:
-            path = export_best(Path(d), best.config, base or {}, out_dir / "best")
+            path = export_best(Path(d), out_dir / "best")
         summary["best"] = {"config": best.config, metric: best.metrics.get(metric), "path": str(path)}
         print(f"best trial exported to {path} (distmeta eval {path})")
     plot_trials(rows, metric, out_dir / "trials.png")

@@ -7,8 +7,8 @@ Every environment implements the task-distribution protocol :class:`TaskEnv`:
 - ``set_task(task)`` / ``get_task()``: switch the environment to a task (takes
   effect at the next ``reset``) and read it back.
 
-``task_splits(env, n_train, n_test, seed)`` gives disjoint train and held-out
-test task sets. Registered gymnasium ids: ``distmeta/Bandit-v0``,
+``task_splits(env, n_train, n_val, n_test, seed)`` gives disjoint train,
+validation and test task sets. Registered gymnasium ids: ``distmeta/Bandit-v0``,
 ``distmeta/TabularMDP-v0``, ``distmeta/PointNav-v0``,
 ``distmeta/CartPolePhysics-v0``, ``distmeta/PendulumPhysics-v0`` and, behind
 the ``mujoco`` extra, ``distmeta/HalfCheetahVel-v0``,
@@ -58,35 +58,48 @@ def task_key(task: Task) -> str:
     return json.dumps(task, sort_keys=True, default=float)
 
 
-def task_splits(env: Any, n_train: int, n_test: int, seed: int = 0) -> Tuple[List[Task], List[Task]]:
-    """Disjoint train and held-out test task lists, deterministic in ``seed``.
+def _stream_seed(seed: int, *stream: int) -> int:
+    return int(np.random.SeedSequence([int(seed), *stream]).generate_state(1)[0])
 
-    Train tasks come from seed stream ``(seed, 0)``, test tasks from ``(seed, 1)``;
-    any test task that also occurs among the train tasks is dropped and redrawn.
-    Test tasks are i.i.d. draws, so a finite distribution may repeat one among them
-    (HalfCheetah-Dir / Ant-Dir have two tasks: with ``n_train=0`` the held-out set is
-    ``n_test`` draws of +1/-1, as in the MAML paper; with ``n_train > 0`` the train
-    tasks cover both directions and no disjoint test task exists: RuntimeError).
-    An env that ships its own held-out set (``held_out_tasks(n, seed)``: Meta-World's
-    test tasks) supplies the test tasks from it.
+
+def _draw_disjoint(env: Any, n: int, seed: int, stream: int, exclude: set) -> List[Task]:
+    """``n`` tasks from seed stream ``(seed, stream)`` whose keys are not in ``exclude``."""
+    out: List[Task] = []
+    for attempt in range(101):
+        if len(out) >= n:
+            return out
+        for t in env.sample_tasks(n - len(out), _stream_seed(seed, stream, attempt)):
+            if task_key(t) not in exclude:
+                out.append(t)
+    raise RuntimeError("task_splits: the task distribution is too small for disjoint splits")
+
+
+def task_splits(env: Any, n_train: int, n_val: int, n_test: int,
+                seed: int = 0) -> Tuple[List[Task], List[Task], List[Task]]:
+    """Disjoint train, validation and test task lists, deterministic in ``seed``.
+
+    Train tasks come from seed stream ``(seed, 0)`` (none when ``n_train`` is 0: a
+    fresh task per trial), test tasks from ``(seed, 1)``, validation tasks from
+    ``(seed, 2)``. A validation task never equals a train task and a test task
+    never equals a train or validation task. An env that ships its own held-out set
+    (``held_out_tasks(n, seed)``: Meta-World's test goals) supplies the test tasks
+    from it, and its validation tasks come from its training distribution. An env
+    with a finite, tiny task set (``task_count``, e.g. HalfCheetah-Dir and Ant-Dir:
+    two directions) cannot have disjoint splits: its validation and test lists are
+    i.i.d. draws of the same tasks, and the docs report every task.
     """
     env = getattr(env, "unwrapped", env)
-    ss = np.random.SeedSequence([int(seed), 0])
-    train = env.sample_tasks(n_train, int(ss.generate_state(1)[0])) if n_train else []
+    train = env.sample_tasks(n_train, _stream_seed(seed, 0)) if n_train else []
+    if getattr(env, "task_count", None) is not None:
+        if n_train:
+            raise RuntimeError(f"task_splits: the task distribution is too small for disjoint splits "
+                               f"({env.task_count} tasks); use train_tasks: 0")
+        return train, env.sample_tasks(n_val, _stream_seed(seed, 2)), env.sample_tasks(n_test, _stream_seed(seed, 1))
+    seen = {task_key(t) for t in train}
+    val = _draw_disjoint(env, n_val, seed, 2, seen)
     if hasattr(env, "held_out_tasks"):
-        return train, env.held_out_tasks(n_test, int(np.random.SeedSequence([int(seed), 1]).generate_state(1)[0]))
-    train_keys = {task_key(t) for t in train}
-    test: List[Task] = []
-    attempt = 0
-    while len(test) < n_test:
-        sub = int(np.random.SeedSequence([int(seed), 1, attempt]).generate_state(1)[0])
-        for t in env.sample_tasks(n_test - len(test), sub):
-            if task_key(t) not in train_keys:
-                test.append(t)
-        attempt += 1
-        if attempt > 100:
-            raise RuntimeError("task_splits: the task distribution is too small for disjoint splits")
-    return train, test
+        return train, val, env.held_out_tasks(n_test, _stream_seed(seed, 1))
+    return train, val, _draw_disjoint(env, n_test, seed, 1, seen | {task_key(t) for t in val})
 
 
 def set_task_on_env(env: Any, task: Task) -> None:
@@ -129,6 +142,7 @@ ALIASES: Dict[str, str] = {
     "metaworld_ml1": "distmeta/MetaWorldML1-v0",
     "metaworld_ml10": "distmeta/MetaWorldML10-v0",
 }
+SHORT_NAMES = sorted(ALIASES)
 
 
 def register_all() -> None:
@@ -151,4 +165,4 @@ def make(name: str, **kwargs: Any) -> gym.Env:
 register_all()
 
 __all__ = ["Task", "TaskEnv", "MetaEnv", "task_key", "task_splits", "set_task_on_env", "ENV_IDS",
-           "CORE_ENV_IDS", "MUJOCO_ENV_IDS", "METAWORLD_ENV_IDS", "ALIASES", "register_all", "resolve_env_id", "make"]
+           "CORE_ENV_IDS", "MUJOCO_ENV_IDS", "METAWORLD_ENV_IDS", "ALIASES", "SHORT_NAMES", "register_all", "resolve_env_id", "make"]

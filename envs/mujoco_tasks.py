@@ -104,6 +104,7 @@ def _build_classes():
 
     class _Direction:
         """Tasks that reward running in a direction: {"direction": +1 or -1}."""
+        task_count = 2  # a finite, tiny task set: no disjoint validation/test tasks exist
 
         def sample_tasks(self, n: int, seed: int) -> List[Task]:
             rng = np.random.default_rng(seed)

@@ -10,7 +10,10 @@ from distmeta.algorithms.maml import MAML
 from distmeta.algorithms.protonet import ProtoNet, prototypes, squared_distance_logits
 from distmeta.algorithms.reptile import Reptile
 from distmeta.algorithms.siamese import Siamese, balanced_pairs, contrastive_loss
-from distmeta.config import AlgorithmConfig, ModelConfig
+from distmeta.algorithms.maml import MAMLConfig
+from distmeta.algorithms.reptile import ReptileConfig
+from distmeta.algorithms.siamese import SiameseConfig
+from distmeta.config import ModelConfig
 from distmeta.engine.core import meta_batch_gradient
 from distmeta.models.backbones import Conv4, MLP
 from distmeta.models.network import Network
@@ -48,7 +51,7 @@ def unrolled_maml_grad(model, task, steps, lr, first_order=False):
 @pytest.mark.parametrize("steps", [1, 3])
 def test_maml_second_order_matches_unrolled_autograd(steps):
     model = tiny_mlp()
-    algo = MAML(AlgorithmConfig(name="maml", inner_steps=steps, inner_lr=0.05), "regression")
+    algo = MAML(MAMLConfig(name="maml", inner_steps=steps, inner_lr=0.05), "regression")
     params = dict(model.named_parameters())
     task = regression_task(1)
     grads, _ = algo.task_gradient(model, params, {}, task)
@@ -62,7 +65,7 @@ def test_maml_second_order_matches_unrolled_autograd(steps):
 
 def test_maml_gradient_matches_finite_differences():
     model = tiny_mlp()
-    algo = MAML(AlgorithmConfig(name="maml", inner_steps=2, inner_lr=0.05), "regression")
+    algo = MAML(MAMLConfig(name="maml", inner_steps=2, inner_lr=0.05), "regression")
     params = {k: v.detach() for k, v in model.named_parameters()}
     task = regression_task(2)
 
@@ -85,7 +88,7 @@ def test_maml_gradient_matches_finite_differences():
 
 def test_fomaml_equals_query_gradient_at_adapted_parameters():
     model = tiny_mlp()
-    algo = MAML(AlgorithmConfig(name="maml", inner_steps=2, inner_lr=0.05, first_order=True), "regression")
+    algo = MAML(MAMLConfig(name="maml", inner_steps=2, inner_lr=0.05, first_order=True), "regression")
     task = regression_task(3)
     grads, _ = algo.task_gradient(model, dict(model.named_parameters()), {}, task)
     ref = unrolled_maml_grad(model, task, 2, 0.05, first_order=True)
@@ -110,7 +113,7 @@ def conv4_classification_tasks(n_tasks, ways=3, shots=2, queries=2, size=16, dty
 def test_loop_and_vmap_agree_for_second_order_maml_with_batch_norm(steps):
     torch.manual_seed(0)
     model = Network(Conv4(1, 4, 16, batch_norm=True), nn.Linear(4, 3)).double()
-    algo = MAML(AlgorithmConfig(name="maml", inner_steps=steps, inner_lr=0.1), "classification")
+    algo = MAML(MAMLConfig(name="maml", inner_steps=steps, inner_lr=0.1), "classification")
     params = dict(model.named_parameters())
     tasks = conv4_classification_tasks(3)
     g_loop, m_loop = meta_batch_gradient(algo, model, params, {}, tasks, "loop")
@@ -137,7 +140,7 @@ def test_reptile_update_is_epsilon_times_mean_displacement():
     from distmeta.algorithms.reptile import inner_train
 
     model = tiny_mlp()
-    cfg = AlgorithmConfig(name="reptile", inner_steps=3, inner_lr=0.02, epsilon=0.7)
+    cfg = ReptileConfig(name="reptile", inner_steps=3, inner_lr=0.02, epsilon=0.7)
     algo = Reptile(cfg, "regression")
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     tasks = [regression_task(s) for s in range(4)]
@@ -162,7 +165,7 @@ def test_reptile_update_is_epsilon_times_mean_displacement():
 
 
 def test_reptile_epsilon_anneals_linearly():
-    algo = Reptile(AlgorithmConfig(name="reptile", epsilon=1.0, epsilon_final=0.0), "classification")
+    algo = Reptile(ReptileConfig(name="reptile", epsilon=1.0, epsilon_final=0.0), "classification")
     assert algo.outer_lr(0.0, 0, 100) == pytest.approx(1.0)
     assert algo.outer_lr(0.0, 50, 100) == pytest.approx(0.5)
     assert algo.outer_lr(0.0, 100, 100) == pytest.approx(0.0)
@@ -199,7 +202,7 @@ def test_contrastive_training_pulls_same_pairs_together_and_pushes_different_bey
     x = (centers[:, None, :] + 0.3 * torch.randn(4, 6, 10, generator=g)).reshape(-1, 10)
     y = torch.arange(4).repeat_interleave(6)
     model = Network(MLP(10, [16]), None)
-    algo = Siamese(AlgorithmConfig(name="siamese", loss="contrastive", margin=2.0, pairs=64), "classification")
+    algo = Siamese(SiameseConfig(name="siamese", loss="contrastive", margin=2.0, pairs=64), "classification")
     task = {"support_x": x[:12], "support_y": y[:12], "query_x": x[12:], "query_y": y[12:], "seed": torch.tensor(3)}
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
 
@@ -233,7 +236,7 @@ def test_balanced_pairs_are_half_same_half_different():
 def test_siamese_verification_head_trains_with_bce():
     torch.manual_seed(0)
     model = Network(MLP(10, [16]), None, {"verifier": nn.Linear(16, 1)})
-    algo = Siamese(AlgorithmConfig(name="siamese", loss="verification", pairs=32), "classification")
+    algo = Siamese(SiameseConfig(name="siamese", loss="verification", pairs=32), "classification")
     g = torch.Generator().manual_seed(2)
     x = torch.randn(12, 10, generator=g)
     task = {"support_x": x[:6], "support_y": torch.arange(3).repeat(2), "query_x": x[6:],

@@ -76,11 +76,13 @@ def test_sampling_deterministic_in_seed(env_id):
 @pytest.mark.parametrize("env_id", CONTINUOUS_IDS)
 def test_held_out_tasks_disjoint(env_id):
     env = gym.make(env_id)
-    train, test = E.task_splits(env, 50, 20, seed=3)
-    assert len(train) == 50 and len(test) == 20
-    assert not {E.task_key(t) for t in train} & {E.task_key(t) for t in test}
-    train2, test2 = E.task_splits(env, 50, 20, seed=3)
+    train, val, test = E.task_splits(env, 50, 10, 20, seed=3)
+    assert len(train) == 50 and len(val) == 10 and len(test) == 20
+    keys = [{E.task_key(t) for t in s} for s in (train, val, test)]
+    assert not keys[0] & keys[1] and not keys[0] & keys[2] and not keys[1] & keys[2]
+    train2, val2, test2 = E.task_splits(env, 50, 10, 20, seed=3)
     assert [E.task_key(t) for t in test] == [E.task_key(t) for t in test2]
+    assert [E.task_key(t) for t in val] == [E.task_key(t) for t in val2]
 
 
 def test_task_splits_drop_collisions():
@@ -89,8 +91,10 @@ def test_task_splits_drop_collisions():
             rng = np.random.default_rng(seed)
             return [{"id": int(i)} for i in rng.integers(0, 6, n)]
 
-    train, test = E.task_splits(Tiny(), 3, 2, seed=0)
-    assert not {E.task_key(t) for t in train} & {E.task_key(t) for t in test}
+    train, val, test = E.task_splits(Tiny(), 2, 2, 2, seed=0)
+    keys = [{E.task_key(t) for t in s} for s in (train, val, test)]
+    assert not keys[0] & keys[1] and not keys[0] & keys[2] and not keys[1] & keys[2]
+    assert len(val) == 2 and len(test) == 2
 
 
 def test_set_task_through_vector_env_call():
@@ -149,12 +153,12 @@ def test_direction_tasks_held_out(env_id):
     """Two tasks (+1/-1): held-out tasks are i.i.d. draws of both (MAML paper); a fixed train
     set covers both directions, so a disjoint held-out set cannot exist and task_splits says so."""
     env = gym.make(env_id)
-    train, test = E.task_splits(env, 0, 40, seed=0)
-    assert train == [] and len(test) == 40
+    train, val, test = E.task_splits(env, 0, 10, 40, seed=0)
+    assert train == [] and len(val) == 10 and len(test) == 40
     assert {t["direction"] for t in test} == {-1.0, 1.0}
-    assert test == E.task_splits(env, 0, 40, seed=0)[1]
+    assert test == E.task_splits(env, 0, 10, 40, seed=0)[2]
     with pytest.raises(RuntimeError, match="too small"):
-        E.task_splits(env, 50, 20, seed=3)
+        E.task_splits(env, 50, 10, 20, seed=3)
     with pytest.raises(DistmetaError, match="direction"):
         env.unwrapped.set_task({"direction": 0.5})
 
@@ -262,10 +266,12 @@ def test_metaworld_ml1_protocol_checker_and_held_out_goals():
     assert isinstance(env, E.TaskEnv)
     # Meta-World's own observation box: infinite bounds and zero-width padding entries
     _assert_checker_clean(env, allowed=("infinity", "maximum and minimum values are equal"))
-    train, test = E.task_splits(env, 10, 10, seed=0)
-    json.dumps(train + test)
-    assert {t["split"] for t in train} == {"train"} and {t["split"] for t in test} == {"test"}
-    assert E.task_splits(env, 10, 10, seed=0) == (train, test)
+    train, val, test = E.task_splits(env, 10, 5, 10, seed=0)
+    json.dumps(train + val + test)
+    # validation goals come from Meta-World's training goals, never from its test goals
+    assert {t["split"] for t in train + val} == {"train"} and {t["split"] for t in test} == {"test"}
+    assert not {E.task_key(t) for t in train} & {E.task_key(t) for t in val}
+    assert E.task_splits(env, 10, 5, 10, seed=0) == (train, val, test)
     # a task is a goal: two train tasks give different rewards for the same actions
     first = train[0]
     other = next(t for t in train if t["index"] != first["index"])
@@ -286,7 +292,7 @@ def test_metaworld_ml10_held_out_classes_and_trial_wrapper():
     from distmeta.rl.trial_wrapper import TrialWrapper
 
     env = E.make("metaworld_ml10", horizon=5).unwrapped
-    train, test = E.task_splits(env, 30, 30, seed=1)
+    train, _, test = E.task_splits(env, 30, 5, 30, seed=1)
     train_names = set(env.bench.train_classes)
     assert len(train_names) == 10 and {t["env_name"] for t in train} <= train_names
     # ML10's held-out tasks come from its five unseen task classes

@@ -57,10 +57,10 @@ def maml_config(inner_steps: int, first_order: bool):
     fields = dict(name="maml", inner_steps=inner_steps, inner_lr=0.4, first_order=first_order,
                   anil=False, learn_inner_lr=False, eval_inner_steps=None)
     try:
-        from distmeta.config import AlgorithmConfig
-    except ModuleNotFoundError:  # pragma: no cover - pyyaml absent
+        from distmeta.algorithms.maml import MAMLConfig
+    except ModuleNotFoundError:  # pragma: no cover - pydantic absent
         return SimpleNamespace(**fields)
-    return AlgorithmConfig(**fields)
+    return MAMLConfig(**fields)
 
 
 def random_tasks(n_tasks, ways=5, shots=1, queries=3, size=28, seed=0):

@@ -33,6 +33,8 @@ SINUSOID = "experiments/sinusoid_maml.yaml"
 # A short sinusoid run: 20 meta-steps and a small final evaluation.
 SHORT_RUN = ["--steps", "20", "--set", "eval.final_episodes=20", "--set", "eval.episodes=10",
              "--set", "log_every=10", "--no-progress"]
+# The last training log line, in the trainer's old ("step 20/20") or new ("iter 20 ") format.
+LAST_STEP = re.compile(r"step 20/20|^iter 20 ", re.M)
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
@@ -153,6 +155,9 @@ def test_address_resolution_order(monkeypatch):
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://b:2/")
     assert jobs.resolve_address() == "http://b:2"
     assert jobs.resolve_address("http://c:3") == "http://c:3"  # the flag wins
+    assert jobs.resolve_address("10.0.0.1:6379") == "10.0.0.1:6379"  # Ray finds its job server
+    with pytest.raises(DistmetaError, match="embedded Ray .* jobs need a job server"):
+        jobs.resolve_address("local")
 
 
 def test_job_command_adds_resume_and_cluster_address():
@@ -174,15 +179,109 @@ def test_job_command_adds_resume_and_cluster_address():
 def test_stage_package_ships_distmeta_with_envs(tmp_path, wheel):
     pkg = jobs.stage_package(tmp_path, wheel=wheel)
     assert pkg.name == "distmeta" and (pkg / "__init__.py").is_file()
-    assert (pkg / "cli.py").is_file() and (pkg / "jobs.py").is_file()
+    assert (pkg / "cli.py").is_file() and (pkg / "jobs" / "cli.py").is_file()
     assert (pkg / "envs" / "__init__.py").is_file()  # mapped from envs/ by package-dir
     assert not list(pkg.rglob("__pycache__"))
+
+
+def test_wheel_holds_every_subpackage(tmp_path):
+    """The wheel (what ``pip install`` installs, and what a job gets) lacks no
+    subpackage of the source tree: pyproject's explicit ``packages`` list is complete."""
+    import zipfile
+
+    from distmeta.jobs.package import missing_subpackages
+
+    with zipfile.ZipFile(jobs.build_wheel(tmp_path)) as zf:
+        names = zf.namelist()
+    assert missing_subpackages(names) == []
+    assert "distmeta/jobs/cli.py" in names and "distmeta/envs/__init__.py" in names
+
+
+def test_submit_options_parse():
+    """``submit`` follows by default; ``--follow`` is a no-op alias, ``--no-wait`` returns."""
+    from distmeta.cli import build_parser
+
+    parse = build_parser().parse_args
+    tail = ["--", "train", SINUSOID]
+    assert parse(["submit", *tail]).no_wait is False
+    assert parse(["submit", "--follow", *tail]).no_wait is False
+    args = parse(["submit", "--no-wait", "--pip", "tqdm", "--pip", "rich==13.7",
+                  "--env", "A=1", "--env", "B=x=y", "--runtime-env", "env.yaml", *tail])
+    assert args.no_wait and args.pip == ["tqdm", "rich==13.7"] and args.env == ["A=1", "B=x=y"]
+    assert args.runtime_env == "env.yaml" and args.job_command == tail
+    assert parse(["jobs", "delete", "raysubmit_x"]).job_id == "raysubmit_x"
+
+
+def test_pip_and_env_flags_build_the_runtime_env(tmp_path):
+    assert jobs.user_runtime_env() == {}
+    assert jobs.user_runtime_env(pip=["tqdm", "rich==13.7"], env=["A=1", "B=x=y", "C="]) == {
+        "pip": ["tqdm", "rich==13.7"], "env_vars": {"A": "1", "B": "x=y", "C": ""}}
+    with pytest.raises(DistmetaError, match=r"--env 'NOVALUE': expected KEY=VALUE"):
+        jobs.user_runtime_env(env=["NOVALUE"])
+    with pytest.raises(DistmetaError, match="expected KEY=VALUE"):
+        jobs.user_runtime_env(env=["=1"])
+
+
+def test_runtime_env_file_is_merged_with_flags_and_distmeta(tmp_path):
+    yaml_file = tmp_path / "env.yaml"
+    yaml_file.write_text("pip: [tqdm]\nenv_vars: {A: 1, B: from_file}\n"
+                         "working_dir: s3://bucket/wd.zip\nexcludes: ['*.ckpt']\n"
+                         "py_modules: [s3://bucket/mod.zip]\n")
+    user = jobs.user_runtime_env(str(yaml_file), pip=["rich"], env=["B=from_flag"])
+    assert user["pip"] == ["tqdm", "rich"]
+    assert user["env_vars"] == {"A": "1", "B": "from_flag"}  # the flag wins, values are strings
+    json_file = tmp_path / "env.json"
+    json_file.write_text('{"pip": {"packages": ["tqdm"], "pip_check": false}}')
+    assert jobs.user_runtime_env(str(json_file), pip=["rich"])["pip"] == {
+        "packages": ["tqdm", "rich"], "pip_check": False}
+
+    merged = jobs.job_runtime_env(user, tmp_path / "distmeta", None)
+    assert merged["py_modules"] == ["s3://bucket/mod.zip", str(tmp_path / "distmeta")]
+    assert merged["working_dir"] == "s3://bucket/wd.zip"  # the file's, when no --working-dir
+    assert merged["excludes"][0] == "*.ckpt" and "/distmeta/" in merged["excludes"]
+    assert user["py_modules"] == ["s3://bucket/mod.zip"]  # the user's dict is not changed
+    merged = jobs.job_runtime_env(user, tmp_path / "distmeta", str(tmp_path))
+    assert merged["working_dir"] == str(tmp_path)  # --working-dir wins
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "No such file"), ("[1, 2]", "expected a mapping"), ("pip: [a\n  b: {", "not YAML or JSON"),
+    ("env_vars: [A]", "env_vars must be a mapping"), ("pip: requirements.txt", "requirements file"),
+])
+def test_runtime_env_file_errors_are_one_line(tmp_path, content, match):
+    path = tmp_path / "env.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DistmetaError, match=match) as exc:
+        jobs.user_runtime_env(str(path), pip=["rich"])
+    assert "\n" not in str(exc.value) and str(exc.value).startswith(("--runtime-env", "--pip"))
+
+
+@pytest.mark.parametrize("key", ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN",
+                                 "RAY_AUTH_TOKEN", "MY_SECRET_KEY", "DB_PASSWORD",
+                                 "GOOGLE_APPLICATION_CREDENTIALS", "wandb_api_token"])
+def test_credential_env_is_refused(tmp_path, key):
+    with pytest.raises(DistmetaError) as exc:
+        jobs.user_runtime_env(env=[f"{key}=x"])
+    line = str(exc.value)
+    assert "\n" not in line and line.startswith(f"--env {key}: looks like a credential")
+    assert "job info" in line and "instance roles" in line
+    path = tmp_path / "env.yaml"
+    path.write_text(f"env_vars: {{{key}: x}}\n")
+    with pytest.raises(DistmetaError, match=f"env_vars {key}: looks like a credential"):
+        jobs.user_runtime_env(str(path))
+
+
+def test_harmless_env_names_pass():
+    names = ["TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS", "AWS_REGION", "AWS_ACCESS_KEY_ID_FILE_X",
+             "MAX_TOKENS"]
+    assert set(jobs.user_runtime_env(env=[f"{n}=1" for n in names])["env_vars"]) == set(names)
 
 
 def test_unreachable_address_fails_fast_in_process():
     t0 = time.monotonic()
     with pytest.raises(DistmetaError, match="cannot reach the Ray job server"):
-        jobs.connect(f"http://127.0.0.1:{closed_port()}")
+        jobs.job_client(f"http://127.0.0.1:{closed_port()}")
     assert time.monotonic() - t0 < 5
 
 
@@ -193,6 +292,17 @@ def test_unreachable_address_one_line_error():
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("distmeta: error: cannot reach"), proc.stderr
     assert proc.elapsed < 20  # interpreter start + imports on a loaded 2-core box; the probe is 3 s
+
+
+def test_malformed_address_is_one_line(capsys):
+    from distmeta.cli import main
+
+    for argv in (["jobs", "list", "--address", "http://[::1"],
+                 ["submit", "--address", "http://[::1", "--", "validate", SINUSOID]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert one_line(err) == "distmeta: error: address 'http://[::1' is malformed (Invalid IPv6 URL)"
 
 
 # --------------------------------------------------------------------------- real head
@@ -222,18 +332,26 @@ def one_line(err: str) -> str:
 
 
 @pytest.mark.ray
-def test_submit_follow_sinusoid_succeeds(head, tmp_path, capsys):
-    """A sinusoid `distmeta train` job runs to SUCCEEDED with its metrics in the logs,
-    and imports the shipped distmeta (with distmeta.envs), not the source checkout."""
+def test_submit_follows_by_default_with_runtime_env(head, tmp_path, capsys):
+    """A sinusoid `distmeta train` job runs to SUCCEEDED and `submit` follows it without
+    being asked: its logs (with the metrics) are printed and its exit status returned.
+    The job imports the shipped distmeta (with distmeta.envs), not the source checkout,
+    and sees the variables of --runtime-env FILE and --env."""
     out = tmp_path / "run"
+    env_file = tmp_path / "runtime_env.yaml"
+    env_file.write_text("env_vars:\n  DM_FROM_FILE: file-value\n")
     # --python prefixes the entrypoint: here a probe that prints where distmeta comes from.
-    probe = ("python -c 'import distmeta, distmeta.envs; "
-             "print(\"DM_FILE\", distmeta.__file__, distmeta.envs.__file__)' && python")
-    proc = run_cli(["submit", "--address", head.url, "--follow", "--python", probe, "--",
+    probe = ("python -c 'import os, distmeta, distmeta.envs; "
+             "print(\"DM_FILE\", distmeta.__file__, distmeta.envs.__file__); "
+             "print(\"DM_ENV\", os.environ[\"DM_FROM_FILE\"], os.environ[\"DM_FROM_FLAG\"])' && python")
+    proc = run_cli(["submit", "--address", head.url, "--runtime-env", str(env_file),
+                    "--env", "DM_FROM_FLAG=flag-value", "--python", probe, "--",
                     "train", SINUSOID, *SHORT_RUN, "--out", str(out)], env=head.env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job = job_id_of(proc)
-    assert "step 20/20" in proc.stdout and "final split=" in proc.stdout
+    assert LAST_STEP.search(proc.stdout) and f"run folder: {out}" in proc.stdout, proc.stdout
+    assert f"job {job} SUCCEEDED" in proc.stderr
+    assert "DM_ENV file-value flag-value" in proc.stdout
     assert (out / "results.json").is_file()
     _, pkg_file, envs_file = next(ln for ln in proc.stdout.splitlines()
                                   if ln.startswith("DM_FILE")).split()
@@ -241,7 +359,7 @@ def test_submit_follow_sinusoid_succeeds(head, tmp_path, capsys):
     assert Path(envs_file).parent.parent == Path(pkg_file).parent
 
     rc, logs, _ = cli(capsys, head, "jobs", "logs", job)
-    assert rc == 0 and "step 20/20" in logs
+    assert rc == 0 and LAST_STEP.search(logs)
     assert "--address auto" in logs  # the job's driver joins the cluster it runs on
     rc, status, _ = cli(capsys, head, "jobs", "status", job)
     assert f"{job}: SUCCEEDED" in status
@@ -250,28 +368,46 @@ def test_submit_follow_sinusoid_succeeds(head, tmp_path, capsys):
 
 
 @pytest.mark.ray
-def test_bad_config_job_fails_with_validation_message(head, tmp_path, capsys):
+def test_failed_job_exit_status_and_delete(head, tmp_path, capsys):
+    """`submit` returns the job's exit status (distmeta's config error: 2) after printing
+    its logs; a finished job can be deleted."""
     rc, out, err = cli(capsys, head, "submit", "--no-wheel", "--",
                        "train", SINUSOID, "--set", "optim.lr=-1", "--out", str(tmp_path / "bad"))
-    assert rc == 0, err
     job = out.strip().splitlines()[0]
-    assert job.startswith("raysubmit_")
+    assert job.startswith("raysubmit_"), out + err
+    assert rc == 2, out + err
+    assert re.search(r"^distmeta: error: optim\.lr: .+", out, re.M), out
+    assert f"job {job} FAILED (exit status 2)" in err
     rc, logs, err = cli(capsys, head, "jobs", "logs", job, "--follow")
-    assert rc == 1, logs + err
-    assert re.search(r"^distmeta: error: optim\.lr: .+", logs, re.M), logs
+    assert rc == 2, logs + err
     assert f"job {job} FAILED" in err
+
+    rc, out, err = cli(capsys, head, "jobs", "delete", job)
+    assert rc == 0 and out.strip() == f"{job}: deleted", out + err
+    rc, _, err = cli(capsys, head, "jobs", "status", job)
+    assert rc == 2 and job in one_line(err)
 
 
 @pytest.mark.ray
-def test_stop_a_running_job(head, tmp_path, capsys):
-    rc, out, err = cli(capsys, head, "submit", "--no-wheel", "--",
+def test_no_wait_stop_and_delete_a_running_job(head, tmp_path, capsys):
+    """`--no-wait` prints the job id and returns; a running job is not deleted (one line
+    saying to stop it first); stopped, it is."""
+    rc, out, err = cli(capsys, head, "submit", "--no-wait", "--no-wheel", "--",
                        "train", SINUSOID, "--steps", "100000", "--no-progress",
                        "--out", str(tmp_path / "long"))
     assert rc == 0, err
-    job = out.strip().splitlines()[0]
+    job = out.strip()
+    assert re.fullmatch(r"raysubmit_\w+", job), out  # the id alone: no logs were followed
+    assert f"distmeta jobs logs {job} --follow" in err
+    rc, out, err = cli(capsys, head, "jobs", "delete", job)
+    assert rc == 2
+    line = one_line(err)
+    assert line.startswith(f"distmeta: error: job {job} is ") and "stop it first" in line
     rc, out, err = cli(capsys, head, "jobs", "stop", job, "--wait")
     assert rc == 0, err
     assert f"{job}: STOPPED" in out
+    rc, out, err = cli(capsys, head, "jobs", "delete", job)
+    assert rc == 0 and f"{job}: deleted" in out, err
 
 
 @pytest.mark.ray
@@ -288,16 +424,16 @@ def test_wrong_or_unreadable_token_is_a_clear_error(head, tmp_path, monkeypatch)
     wrong = tmp_path / "wrong_token"
     wrong.write_text(secrets.token_hex(32))
     with pytest.raises(DistmetaError, match="rejected the authentication token") as exc:
-        jobs.connect(head.url, token_file=str(wrong))
+        jobs.job_client(head.url, token_file=str(wrong))
     assert "\n" not in str(exc.value)
     with pytest.raises(DistmetaError, match="--token-file"):
-        jobs.connect(head.url, token_file=str(tmp_path / "missing"))
+        jobs.job_client(head.url, token_file=str(tmp_path / "missing"))
     # Ray would abort the process on an unreadable RAY_AUTH_TOKEN_PATH; distmeta says why
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
     with pytest.raises(DistmetaError, match="RAY_AUTH_TOKEN_PATH"):
-        jobs.connect(head.url)
+        jobs.job_client(head.url)
 
 
 @pytest.mark.ray

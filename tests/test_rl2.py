@@ -9,14 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from distmeta.config import ConfigError, ExperimentConfig, _build
-from distmeta.rl import evaluate_rl, train_rl, validate_rl
-from distmeta.rl.config import parse_rl
+import distmeta
+from distmeta.commands import evaluate_run
+from distmeta.config import ConfigError, from_dict
 from distmeta.rl.trial_wrapper import TrialWrapper
 
 
 def _cfg(rl, **top):
-    return _build(ExperimentConfig, {"name": "t", "seed": 0, "rl": rl, **top}, "")
+    return from_dict({"name": "t", "seed": 0, "rl": rl, **top})
+
+
+def parse_rl(rl):
+    return _cfg(rl).rl
+
+
+def validate_rl(cfg):
+    return cfg
 
 
 @pytest.mark.parametrize("rl, field", [
@@ -33,7 +41,7 @@ def _cfg(rl, **top):
 ])
 def test_validate_rl_names_the_field(rl, field):
     with pytest.raises(ConfigError) as exc:
-        validate_rl(_cfg(rl))
+        _cfg(rl)
     msg = str(exc.value)
     assert msg.startswith(field) and "\n" not in msg
 
@@ -50,7 +58,7 @@ def test_validate_rl_accepts_shipped_configs():
     for name in ("rl2_bandits", "rl2_tabular_mdp", "maml_rl_point_nav", "maml_rl_halfcheetah_vel",
                  "maml_rl_metaworld_ml1"):
         data = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml").read_text())
-        validate_rl(_build(ExperimentConfig, data, ""))
+        assert from_dict(data).rl is not None
 
 
 def test_trial_wrapper_joins_episodes():
@@ -157,84 +165,61 @@ def test_bandit_baselines_order():
     from distmeta.envs import make, task_splits
     from distmeta.rl.baselines import bandit_baselines, summarize
 
-    _, tasks = task_splits(make("bandit", k=5), 0, 300, 0)
+    _, _, tasks = task_splits(make("bandit", k=5), 0, 10, 300, 0)
     b = {k: summarize(v)["mean_return"] for k, v in bandit_baselines(tasks, 100, seed=0).items()}
     assert b["random"] < b["ucb1"] < b["thompson"] < b["oracle_best_arm"]
     assert b["random"] == pytest.approx(50, abs=3)
 
 
-@pytest.mark.ray
-def test_rl2_learns_two_armed_bandits(ray_session, tmp_path):
-    """20k env steps of PPO-LSTM (~10 s) on 2-armed bandits, 20 pulls per trial; on 200 held-out
-    tasks the trial return must beat random by >= 5 standard errors (paired per task against
-    random's exact expected return, 20 * mean(p))."""
-    from distmeta.rl.runner import held_out_tasks
-
-    rl = {"algorithm": "rl2", "env": "bandit", "env_config": {"k": 2}, "env_steps": 20000, "eval_tasks": 200,
-          "rl2": {"episodes_per_trial": 20, "train_batch_size": 2000, "minibatch_size": 500, "num_epochs": 8,
-                  "lr": 0.003, "entropy_coeff": 0.0, "cell_size": 64, "hidden": [64]}}
-    cfg = _cfg(rl, log_every=5, checkpoint={"every": 5, "keep_last": 2})
-    out = train_rl(cfg, tmp_path / "run")
-    for name in ("config.yaml", "metrics.csv", "learning_curves.png", "rl_curve.png", "eval.json"):
-        assert (tmp_path / "run" / name).exists(), name
-    assert out["tasks"] == 200 and set(out["baselines"]) >= {"random", "ucb1", "thompson"}
-    assert len(out["mean_return_by_episode"]) == 20
-
-    # paired comparison with random's expectation on the same held-out tasks
-    from distmeta.engine.run_dir import load_checkpoint
+def _paired_vs_random(run_path, rl_cfg, checkpoint="final"):
+    """Mean and standard error of (trial return - random's exact expectation 20 * mean(p)) per test task."""
+    from distmeta.engine.run_dir import load_run_checkpoint
     from distmeta.rl import rl2
-    from distmeta.rl.runner import _load_rl2_module
+    from distmeta.rl.rl2_method import RL2Method
 
-    parsed = parse_rl(rl)
-    _, tasks = held_out_tasks(parsed)
-    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
-    returns = rl2.evaluate_module(_load_rl2_module(parsed, ckpt), parsed, tasks, seed=1).sum(1)
-    random_expected = 20 * np.array([np.mean(t["means"]) for t in tasks])
-    diff = returns - random_expected
-    se = diff.std(ddof=1) / np.sqrt(len(diff))
-    assert diff.mean() >= 5 * se, (diff.mean(), se)
-
-    # distmeta eval --json: one JSON object; resume continues the iteration count
-    ev = evaluate_rl(tmp_path / "run", episodes=50)
-    json.dumps(ev)
-    assert ev["tasks"] == 50 and {"mean_return", "ci95", "tasks", "baselines"} <= set(ev)
-    cfg.rl["env_steps"] = 22000
-    again = train_rl(cfg, tmp_path / "run", resume=True)
-    assert again["iterations"] == 11 and again["env_steps"] == 22000
+    state, _ = load_run_checkpoint(run_path, checkpoint)
+    method = RL2Method.from_checkpoint(rl_cfg, state["state"])
+    returns = rl2.evaluate_module(method.module(), rl_cfg.rl, method.test_tasks, seed=1).sum(1)
+    diff = returns - 20 * np.array([np.mean(t["means"]) for t in method.test_tasks])
+    return diff.mean(), diff.std(ddof=1) / np.sqrt(len(diff)), method
 
 
 @pytest.mark.ray
-def test_rl2_gru_module_learns_two_armed_bandits(ray_session, tmp_path):
-    """``rl2.recurrent: gru`` trains through RLlib PPO end to end (the custom GRU RLModule on
-    the EnvRunner and the Learner, GAE through its compute_values), checkpoints, and evaluates
-    from the checkpoint without Ray; on 200 held-out 2-armed bandits its trial return must beat
-    random by >= 5 standard errors (paired per task against random's exact expectation)."""
-    from distmeta.engine.run_dir import load_checkpoint
-    from distmeta.rl import rl2
-    from distmeta.rl.gru_module import GRUPPOTorchRLModule
-    from distmeta.rl.runner import _load_rl2_module, held_out_tasks
-
-    rl = {"algorithm": "rl2", "env": "bandit", "env_config": {"k": 2}, "env_steps": 20000, "eval_tasks": 200,
-          "baselines": False,
-          "rl2": {"recurrent": "gru", "episodes_per_trial": 20, "train_batch_size": 2000, "minibatch_size": 500,
+@pytest.mark.parametrize("recurrent", ["lstm", "gru"])
+def test_rl2_learns_two_armed_bandits(ray_session, tmp_path, recurrent):
+    """20k env steps of recurrent PPO (~10 s) on 2-armed bandits, 20 pulls per trial, through the
+    one run loop; on 200 test tasks (disjoint from the validation tasks that select best.pt) the
+    final checkpoint's trial return must beat random by >= 5 standard errors (paired per task).
+    ``distmeta eval`` scores the final checkpoint on the test tasks by default."""
+    rl = {"algorithm": "rl2", "env": "bandit", "env_config": {"k": 2}, "env_steps": 20000,
+          "baselines": recurrent == "lstm",
+          "rl2": {"recurrent": recurrent, "episodes_per_trial": 20, "train_batch_size": 2000, "minibatch_size": 500,
                   "num_epochs": 8, "lr": 0.003, "entropy_coeff": 0.0, "cell_size": 64, "hidden": [64]}}
-    out = train_rl(_cfg(rl, log_every=5, checkpoint={"every": 5, "keep_last": 2}), tmp_path / "run")
-    assert out["tasks"] == 200 and len(out["mean_return_by_episode"]) == 20
-    assert np.isfinite(out["mean_return"]) and out["iterations"] == 10
+    cfg = _cfg(rl, log_every=5, checkpoint={"every": 5, "keep_last": 2},
+               eval={"every": 5, "episodes": 50, "final_episodes": 200})
+    result = distmeta.train(cfg, out=tmp_path / "run", progress=False)
+    out = result.metrics
+    for name in ("config.yaml", "metrics.csv", "learning_curves.png", "rl_curve.png", "results.json"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert out["tasks"] == 200 and out["checkpoint"] == "final" and out["split"] == "test"
+    assert len(out["mean_return_by_episode"]) == 20 and result.step == 10
+    if recurrent == "lstm":
+        assert set(out["baselines"]) >= {"random", "ucb1", "thompson"}
+    mean, se, method = _paired_vs_random(tmp_path / "run", cfg)
+    assert mean >= 5 * se, (mean, se)
+    val_keys = {json.dumps(t, sort_keys=True) for t in method.val_tasks}
+    assert not val_keys & {json.dumps(t, sort_keys=True) for t in method.test_tasks}
 
-    parsed = parse_rl(rl)
-    _, tasks = held_out_tasks(parsed)
-    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
-    module = _load_rl2_module(parsed, ckpt)
-    assert isinstance(module, GRUPPOTorchRLModule) and set(module.get_initial_state()) == {"h"}
-    returns = rl2.evaluate_module(module, parsed, tasks, seed=1).sum(1)
-    diff = returns - 20 * np.array([np.mean(t["means"]) for t in tasks])
-    se = diff.std(ddof=1) / np.sqrt(len(diff))
-    assert diff.mean() >= 5 * se, (diff.mean(), se)
-
-    ev = evaluate_rl(tmp_path / "run", episodes=50)  # what `distmeta eval` runs
+    ev = evaluate_run(str(tmp_path / "run"), episodes=50)   # what `distmeta eval --json` prints
     json.dumps(ev)
-    assert ev["tasks"] == 50 and np.isfinite(ev["mean_return"]) and len(ev["mean_return_by_episode"]) == 20
+    assert ev["tasks"] == 50 and ev["checkpoint"] == "final" and ev["split"] == "test"
+    assert ev["mean_return"] == pytest.approx(np.mean(out["mean_return_by_episode"]) * 20, rel=0.5)
+    best = evaluate_run(str(tmp_path / "run"), episodes=50, checkpoint="best")
+    assert best["checkpoint"] == "best" and best["iteration"] in (5, 10)
+    if recurrent == "lstm":  # resume continues the iteration count and the env-step budget
+        again = distmeta.train(cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"env_steps": 22000})}),
+                               resume=tmp_path / "run", progress=False)
+        assert again.step == 11
 
 
 @pytest.mark.ray

@@ -48,7 +48,7 @@ def omniglot_config(root, **sections):
                  "image_size": 28},
         "task": {"kind": "classification", "ways": 5, "shots": 1, "queries": 5, "rotations": True},
         "model": {"name": "conv4", "channels": 32},
-        "eval": {"every": 10_000, "episodes": 20, "final_episodes": ACCURACY_EPISODES, "split": "val"},
+        "eval": {"every": 10_000, "episodes": 20, "final_episodes": ACCURACY_EPISODES},
         "checkpoint": {"every": 10_000, "keep_last": 2},
         "engine": {"device": "cpu"},  # the same numbers on a machine with a GPU
         "log_every": 50,
@@ -78,7 +78,7 @@ def sinusoid_config(**over):
 
 
 def final_params(run_path) -> dict:
-    return load_checkpoint(run_path)["model"]
+    return load_checkpoint(run_path)["state"]["model"]
 
 
 def assert_same_params(a: dict, b: dict, atol: float = 1e-6):
@@ -242,8 +242,8 @@ def test_checkpoints_atomic_last_k_and_best(sinusoid_run):
     leftovers = [p for p in sinusoid_run.path.rglob("*") if ".tmp" in p.name or p.name.endswith(".part")]
     assert leftovers == []
     state = load_checkpoint(sinusoid_run.path)
-    assert state["step"] == state["learner_step"] == 400 and state["format"] == CHECKPOINT_FORMAT
-    assert {"model", "optimizer", "torch_rng", "config", "task_shape"} <= state.keys()
+    assert state["step"] == state["state"]["learner_step"] == 400 and state["format"] == CHECKPOINT_FORMAT
+    assert {"model", "optimizer", "torch_rng", "task_shape"} <= state["state"].keys() and "config" in state
 
 
 def test_checkpoint_write_is_atomic_when_interrupted(tmp_path, monkeypatch):
@@ -318,7 +318,7 @@ def test_sigterm_checkpoints_at_step_boundary_and_resumes(tmp_path, capsys):
     assert "SIGTERM received" in err and "--resume" in err
     state = load_checkpoint(run)
     k = state["step"]
-    assert 10 <= k < total and state["learner_step"] == k  # a step boundary, not the end
+    assert 10 <= k < total and state["state"]["learner_step"] == k  # a step boundary, not the end
     assert not (run / "results.json").exists()
     # resume through the CLI, in-process
     code, _, _ = run_cli(capsys, "train", "--resume", run, "--no-progress")
@@ -335,7 +335,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     checkpoint of the last good step stays as it was."""
     cfg = sinusoid_config(optim={"lr": 1e30, "steps": 1}, eval={"every": 1000, "final_episodes": 5},
                           checkpoint={"every": 1, "keep_last": 3}, log_every=1)
-    first = distmeta.train(cfg, out=tmp_path / "run", progress=False)
+    with pytest.raises(DistmetaError, match="non-finite validation mse at iteration 1"):
+        distmeta.train(cfg, out=tmp_path / "run", progress=False)   # finite loss, exploded parameters
+    first = RunDir(tmp_path / "run")
+    assert not (first.path / "results.json").exists()   # never a NaN result
     good = first.path / "checkpoints" / "step_0000001.pt"
     digest, mtime = sha256(good), good.stat().st_mtime_ns
     with pytest.raises(DistmetaError) as info:

@@ -1,7 +1,18 @@
 """The contract every meta-learning algorithm meets, so that one training loop,
 the Ray workers and Tune all call the same pure functions.
 
-An algorithm is built from ``(AlgorithmConfig, task_kind)`` and provides:
+An algorithm is built from ``(its config, task_kind)`` and declares what the
+rest of distmeta asks of it instead of listing method names:
+- ``config_class``: its config section (a subclass of
+  :class:`distmeta.schema.AlgorithmConfig` holding its own fields);
+- ``task_kinds``: the task kinds it can learn (``classification``, ``regression``);
+- ``train_metrics``: the metrics its ``task_gradient`` reports, in display order;
+- ``extra_parameters(named_parameters)``: meta-learned tensors besides the
+  network's (Meta-SGD's learned inner learning rates);
+- ``eval_inner_steps()``: adaptation steps at evaluation (None: it does not
+  adapt by gradient steps).
+
+It provides:
 - ``task_gradient(model, params, buffers, task) -> (grads, metrics)``: a pure
   function of the meta-parameters ``params`` (a name -> tensor dict), the
   buffers and one task (``support_x/support_y/query_x/query_y`` tensors, plus
@@ -21,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+from distmeta.schema import AlgorithmConfig
 
 Tensors = Dict[str, torch.Tensor]
 
@@ -45,11 +58,22 @@ def forward(model: nn.Module, params: Tensors, buffers: Tensors, x: torch.Tensor
 
 class Algorithm:
     name = "base"
+    config_class = AlgorithmConfig
+    task_kinds: Tuple[str, ...] = ("classification", "regression")
+    train_metrics: Tuple[str, ...] = ("loss", "accuracy", "mse")
     vmappable = False
 
     def __init__(self, cfg, task_kind: str):
         self.cfg = cfg
         self.kind = task_kind
+
+    def extra_parameters(self, named_parameters) -> Tensors:
+        """Meta-learned tensors to add to the network, named ``group.key`` (default: none)."""
+        return {}
+
+    def eval_inner_steps(self) -> Optional[int]:
+        """Inner steps of adaptation at evaluation; None for methods that do not take any."""
+        return None
 
     def make_head(self, embedding_dim: int, output_dim: int) -> Optional[nn.Module]:
         return nn.Linear(embedding_dim, output_dim)

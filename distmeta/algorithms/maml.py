@@ -18,8 +18,24 @@ from typing import Optional
 import torch
 from torch import nn
 
+from pydantic import Field
+
 from distmeta.algorithms.base import Algorithm, Tensors, forward, score_metrics, task_loss
 from distmeta.registry import ALGORITHMS
+from distmeta.schema import AlgorithmConfig, Bool, Int, Float
+
+
+class InnerLoopConfig(AlgorithmConfig):
+    """Fields of the methods that adapt by gradient steps on the support set."""
+    inner_steps: Int = Field(1, ge=0, description="inner (adaptation) steps while training")
+    inner_lr: Float = Field(0.01, ge=0, description="inner step size (Meta-SGD: its initial value)")
+    eval_inner_steps: Optional[Int] = Field(None, ge=0, description="inner steps at evaluation (default inner_steps)")
+
+
+class MAMLConfig(InnerLoopConfig):
+    first_order: Bool = Field(False, description="FOMAML: treat the inner gradients as constants")
+    learn_inner_lr: Bool = Field(False, description="Meta-SGD: learn a per-parameter inner learning rate")
+    anil: Bool = Field(False, description="ANIL: adapt the head only")
 
 
 def adaptable_names(params: Tensors, anil: bool) -> list:
@@ -51,7 +67,18 @@ def inner_adapt(model, params: Tensors, buffers: Tensors, x, y, *, kind: str, st
 @ALGORITHMS.register("maml")
 class MAML(Algorithm):
     name = "maml"
+    config_class = MAMLConfig
     vmappable = True
+
+    def extra_parameters(self, named_parameters) -> Tensors:
+        """Meta-SGD: one learned inner learning rate per adapted parameter, ``meta_lr.<name>``."""
+        if not self.cfg.learn_inner_lr:
+            return {}
+        return {"meta_lr." + n.replace(".", "__"): torch.full_like(p.detach(), self.cfg.inner_lr)
+                for n, p in named_parameters}
+
+    def eval_inner_steps(self) -> int:
+        return self.cfg.eval_inner_steps if self.cfg.eval_inner_steps is not None else self.cfg.inner_steps
 
     def _adapt(self, model, params, buffers, x, y, steps: int, first_order: bool) -> Tensors:
         c = self.cfg
@@ -70,7 +97,7 @@ class MAML(Algorithm):
         return torch.func.grad(meta_objective, has_aux=True)(params)
 
     def adapt(self, model, params, buffers, support_x, support_y, steps: Optional[int] = None):
-        steps = steps if steps is not None else (self.cfg.eval_inner_steps or self.cfg.inner_steps)
+        steps = steps if steps is not None else self.eval_inner_steps()
         params = resize_head(params, int(support_y.max()) + 1) if self.kind == "classification" else params
         with torch.enable_grad():
             phi = self._adapt(model, params, buffers, support_x, support_y, steps, first_order=True)

@@ -30,6 +30,7 @@ def squared_distance_logits(queries: torch.Tensor, protos: torch.Tensor) -> torc
 @ALGORITHMS.register("protonet")
 class ProtoNet(Algorithm):
     name = "protonet"
+    task_kinds = ("classification",)
 
     def make_head(self, embedding_dim, output_dim):
         return None

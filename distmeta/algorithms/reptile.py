@@ -15,9 +15,20 @@ from typing import Optional
 
 import torch
 
+from typing import Literal
+
+from pydantic import Field
+
 from distmeta.algorithms.base import Algorithm, Tensors, forward, score_metrics, task_loss
-from distmeta.algorithms.maml import resize_head
+from distmeta.algorithms.maml import InnerLoopConfig, resize_head
 from distmeta.registry import ALGORITHMS
+from distmeta.schema import Float
+
+
+class ReptileConfig(InnerLoopConfig):
+    inner_optimizer: Literal["sgd", "adam"] = Field("sgd", description="inner optimizer (Adam with beta1 = 0)")
+    epsilon: Float = Field(1.0, ge=0, description="outer step size, annealed linearly to epsilon_final")
+    epsilon_final: Float = Field(0.0, ge=0, description="outer step size at the last step")
 
 
 def inner_train(model, params: Tensors, buffers: Tensors, x, y, *, kind: str, steps: int, lr: float,
@@ -46,7 +57,11 @@ def inner_train(model, params: Tensors, buffers: Tensors, x, y, *, kind: str, st
 @ALGORITHMS.register("reptile")
 class Reptile(Algorithm):
     name = "reptile"
+    config_class = ReptileConfig
     vmappable = True
+
+    def eval_inner_steps(self) -> int:
+        return self.cfg.eval_inner_steps if self.cfg.eval_inner_steps is not None else self.cfg.inner_steps
 
     def _train(self, model, params, buffers, x, y, steps):
         return inner_train(model, params, buffers, x, y, kind=self.kind, steps=steps,
@@ -59,7 +74,7 @@ class Reptile(Algorithm):
         return {n: params[n].detach() - phi[n] for n in params}, metrics
 
     def adapt(self, model, params, buffers, support_x, support_y, steps: Optional[int] = None):
-        steps = steps if steps is not None else (self.cfg.eval_inner_steps or self.cfg.inner_steps)
+        steps = steps if steps is not None else self.eval_inner_steps()
         params = resize_head(params, int(support_y.max()) + 1) if self.kind == "classification" else params
         with torch.enable_grad():
             return self._train(model, params, buffers, support_x, support_y, steps)

@@ -25,8 +25,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from typing import Literal
+
+from pydantic import Field
+
 from distmeta.algorithms.base import Algorithm, forward
 from distmeta.registry import ALGORITHMS
+from distmeta.schema import AlgorithmConfig, Float, Int
+
+
+class SiameseConfig(AlgorithmConfig):
+    loss: Literal["contrastive", "verification"] = Field("contrastive", description="pair loss")
+    margin: Float = Field(1.0, ge=0, description="contrastive margin m")
+    pairs: Int = Field(64, gt=0, description="pairs per episode, half same-class, half different-class")
 
 
 def contrastive_loss(d: torch.Tensor, different: torch.Tensor, margin: float) -> torch.Tensor:
@@ -58,6 +69,9 @@ def balanced_pairs(labels: torch.Tensor, n_pairs: int, seed: int):
 @ALGORITHMS.register("siamese")
 class Siamese(Algorithm):
     name = "siamese"
+    config_class = SiameseConfig
+    task_kinds = ("classification",)
+    train_metrics = ("loss", "pair_accuracy")
 
     def make_head(self, embedding_dim, output_dim):
         return None

@@ -28,7 +28,7 @@ def _print_info(info: Dict[str, Any]) -> None:
 
 
 def _prepare_omniglot(args: argparse.Namespace) -> int:
-    from distmeta.config import DataConfig
+    from distmeta.schema import DataConfig
     from distmeta.data.omniglot import SETS, resolve_root
     from distmeta.data.store import prepare_omniglot
 

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from distmeta.config import DataConfig
+from distmeta.schema import DataConfig
 from distmeta.data import DataError
 from distmeta.data.base import ImageClassDataset
 from distmeta.registry import DATASETS

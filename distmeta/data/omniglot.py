@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 from PIL import Image
 
-from distmeta.config import DataConfig
+from distmeta.schema import DataConfig
 from distmeta.data import DataError
 from distmeta.data.base import ImageClassDataset
 from distmeta.data.download import fetch_omniglot, resolve_base_url

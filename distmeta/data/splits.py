@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from distmeta.config import DataConfig, SplitSpec
+from distmeta.schema import DataConfig, SplitSpec
 from distmeta.data import DataError
 from distmeta.data.base import ImageClassDataset
 
@@ -84,18 +84,18 @@ def sets_used(data_cfg: DataConfig) -> List[str]:
 def _preset_specs(preset: str, load_set: LoadSet) -> Dict[str, SplitSpec]:
     if preset == "minimal":
         held = list(MINIMAL_EVAL_ALPHABETS)
-        return {"train": SplitSpec(["background_small1"]),
-                "val": SplitSpec(["background_small2"], alphabets=held),
-                "test": SplitSpec(["background_small2"], alphabets=held)}
+        return {"train": SplitSpec(sets=["background_small1"]),
+                "val": SplitSpec(sets=["background_small2"], alphabets=held),
+                "test": SplitSpec(sets=["background_small2"], alphabets=held)}
     if preset == "official":
         alphabets = sorted(set(load_set("background").groups))
         if len(alphabets) <= OFFICIAL_VAL_ALPHABETS:
             raise DataError(f"preset 'official': background has {len(alphabets)} alphabets, "
                             f"needs more than {OFFICIAL_VAL_ALPHABETS}")
         held = alphabets[-OFFICIAL_VAL_ALPHABETS:]
-        return {"train": SplitSpec(["background"], exclude_alphabets=held),
-                "val": SplitSpec(["background"], alphabets=held),
-                "test": SplitSpec(["evaluation"])}
+        return {"train": SplitSpec(sets=["background"], exclude_alphabets=held),
+                "val": SplitSpec(sets=["background"], alphabets=held),
+                "test": SplitSpec(sets=["evaluation"])}
     raise DataError(f"data.preset: unknown preset {preset!r}; available: maml, official, minimal")
 
 

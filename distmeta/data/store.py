@@ -21,14 +21,13 @@ preset or SplitSpecs it selects by ``source_set`` like the zip reader, else by `
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from distmeta.config import DataConfig
+from distmeta.schema import DataConfig
 from distmeta.data import DataError
 from distmeta.data.base import ImageClassDataset
 from distmeta.data.splits import PRESET_SETS, SPLITS, build_splits, sets_used
@@ -115,9 +114,8 @@ def prepare_omniglot(data_cfg: Optional[DataConfig], out: str, *, root: Optional
     store at ``out``; keyword arguments override ``data_cfg`` fields. Returns ``store_info``."""
     from distmeta.data.omniglot import ensure_zip, list_entries, open_zip, read_zip, zip_stem
 
-    cfg = dataclasses.replace(data_cfg or DataConfig(), dataset="omniglot")
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in
-                                      dict(root=root, image_size=image_size, preset=preset).items() if v is not None})
+    changes = {k: v for k, v in dict(root=root, image_size=image_size, preset=preset).items() if v is not None}
+    cfg = (data_cfg or DataConfig()).model_copy(update={"dataset": "omniglot", **changes})
     sets = list(sets or sets_used(cfg))
     if not sets:
         raise DataError("prepare omniglot: name the sets (--sets background_small1 ...) or a --preset")

@@ -14,13 +14,12 @@ rounding noise into whole steps on parameters whose true gradient is zero).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from distmeta.config import ExperimentConfig
+from distmeta.schema import ExperimentConfig
 from distmeta.registry import ALGORITHMS, DATASETS, TASKS
 from distmeta.tasks.base import stack_tasks, to_torch
 
@@ -40,6 +39,10 @@ def set_threads(num_cpus: Optional[float] = None) -> int:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from distmeta.errors import DistmetaError
+
+        raise DistmetaError(f"engine.device: {name!r} but CUDA is not available on this machine (use auto or cpu)")
     return torch.device(name)
 
 
@@ -47,7 +50,7 @@ def resolve_executor(name: str, device: torch.device, algorithm, model: torch.nn
     """``auto`` picks the executor that measured faster (``benchmarks/meta_step.py``):
     vmap on GPU and for small convolution-free models (sinusoid MLP: 6.7x faster
     on 2 CPU cores), the per-task loop for convolutional models on CPU (vmapped
-    convolutions with per-task weights are slow there; DESIGN.md)."""
+    convolutions with per-task weights are slow there; docs/architecture.md)."""
     if not algorithm.vmappable:
         return "loop"
     if name == "auto":
@@ -115,15 +118,14 @@ class MetaCore:
         self.param_names = [n for n, _ in self.model.named_parameters()]
         self.buffers = {n: b for n, b in self.model.named_buffers()}
         self.executor = resolve_executor(cfg.algorithm.executor, self.device, self.algorithm, self.model)
-        self.fault_hook = None  # fault injection for tests: hook(step, k) before the k-th task of a shard
 
     def task_distribution(self, split: str, **overrides):
         """The task distribution of ``split``, optionally with other ways/shots/queries."""
         key = (split, tuple(sorted(overrides.items())))
         if key not in self.tasks:
-            task_cfg = dataclasses.replace(self.cfg.task, **overrides)
+            task_cfg = self.cfg.task.model_copy(update=overrides)
             if overrides.get("ways"):
-                task_cfg = dataclasses.replace(task_cfg, train_ways=None)
+                task_cfg = task_cfg.model_copy(update={"train_ways": None})
             self.tasks[key] = TASKS.get(task_cfg.kind)(task_cfg, self.datasets, split)
         return self.tasks[key]
 
@@ -143,11 +145,7 @@ class MetaCore:
         params = self.params_from_flat(flat_params)
         if tasks is None:
             tasks = self.make_tasks("train", step, indices)
-        hook = self.fault_hook
-        on_task = (lambda k: hook(step, k)) if hook is not None else None
-        if on_task is not None and self.executor == "vmap":
-            on_task(0)
         grads, metrics = meta_batch_gradient(self.algorithm, self.model, params, self.buffers, tasks,
-                                             self.executor, None if self.executor == "vmap" else on_task)
+                                             self.executor)
         flat = flatten({n: grads[n].detach() for n in self.param_names}, self.param_names).cpu()
         return flat, {k: float(v) for k, v in metrics.items()}, len(indices)

@@ -5,7 +5,7 @@ Contract:
 - ``RunDir.create(path, config_dict)`` writes ``config.yaml`` and
   ``provenance.json``; ``RunDir.open(path)`` reopens an existing one.
 - ``MetricsLogger.log(step, metrics)`` appends a row to ``metrics.csv`` and
-  scalars to TensorBoard; ``plot()`` writes ``learning_curves.png``.
+  scalars to TensorBoard (plots: :mod:`distmeta.plots`).
 - ``save_checkpoint(state, step, score)`` writes ``checkpoints/step_NNNNNNN.pt``
   atomically (temporary file, fsync, rename), keeps the last ``keep_last`` and,
   when ``score`` is given, the best (highest) as ``best.pt``.
@@ -19,7 +19,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 import yaml
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 class CheckpointError(ValueError):
@@ -74,6 +73,17 @@ def atomic_write_bytes(path: Path, write) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def finite_or_none(tree: Any) -> Any:
+    """``tree`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(tree, dict):
+        return {k: finite_or_none(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [finite_or_none(v) for v in tree]
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return None
+    return tree
 
 
 class MetricsLogger:
@@ -136,38 +146,6 @@ class MetricsLogger:
                 ys.append(float(v))
         return xs, ys
 
-    def plot(self, keys: Optional[List[str]] = None, title: str = "") -> Optional[Path]:
-        """Write ``learning_curves.png``: one panel per metric (loss, accuracy, ...) against step."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker  # noqa: F401
-
-        keys = keys or [c for c in self.columns if c != "step" and not c.startswith("time_")]
-        keys = [k for k in keys if len(self.series(k)[0]) > 0]
-        if not keys:
-            return None
-        cols = min(3, len(keys))
-        rows = math.ceil(len(keys) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
-        for ax, key in zip(axes.flat, keys):
-            xs, ys = self.series(key)
-            ax.plot(xs, ys, marker="." if len(xs) < 30 else None)
-            ax.set_title(key)
-            ax.set_xlabel("meta-step")
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5, integer=True))
-            ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(keys):]:
-            ax.axis("off")
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        out = self.path.parent / "learning_curves.png"
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        return out
-
     def close(self) -> None:
         if self._tb is not None:
             self._tb.flush()
@@ -195,6 +173,11 @@ class RunDir:
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     @classmethod
+    def exists(cls, path: Optional[Union[str, Path]]) -> bool:
+        """Whether ``path`` already holds a run folder."""
+        return path is not None and (Path(path) / "config.yaml").is_file()
+
+    @classmethod
     def open(cls, path: Union[str, Path]) -> "RunDir":
         run = cls(path)
         if not (run.path / "config.yaml").is_file():
@@ -205,8 +188,10 @@ class RunDir:
         return yaml.safe_load((self.path / "config.yaml").read_text())
 
     def write_json(self, name: str, data: Dict[str, Any]) -> Path:
+        """Write ``data`` as strict JSON: a non-finite number becomes null, never NaN."""
         out = self.path / name
-        atomic_write_bytes(out, lambda fh: fh.write(json.dumps(data, indent=2).encode()))
+        text = json.dumps(finite_or_none(data), indent=2, allow_nan=False)
+        atomic_write_bytes(out, lambda fh: fh.write(text.encode()))
         return out
 
     # -- checkpoints -------------------------------------------------------
@@ -235,27 +220,55 @@ class RunDir:
         return path
 
 
-def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``) or raise CheckpointError."""
-    path = Path(path)
-    if path.is_dir():
-        run = RunDir(path)
-        best = run.checkpoints / "best.pt"
-        latest = run.latest_checkpoint()
-        if latest is None and not best.exists():
-            raise CheckpointError(f"{path}: no checkpoint found in {run.checkpoints}")
-        path = latest if latest is not None else best
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+def _load_file(path: Path) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable distmeta checkpoint ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a distmeta checkpoint of format {CHECKPOINT_FORMAT}")
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path}: not a distmeta checkpoint")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {state['format']} is from an older distmeta; this "
+                              f"version reads format {CHECKPOINT_FORMAT} (train the run again)")
     return state
 
 
-def copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)
+def load_run_checkpoint(path: Union[str, Path], which: str = "final") -> tuple:
+    """``(checkpoint, name)`` of a run folder's ``final`` (newest loadable) or ``best``
+    (selected on validation) checkpoint, or of a checkpoint file. A corrupt newest
+    checkpoint is skipped with a warning for the next older one that loads."""
+    import warnings
+
+    path = Path(path)
+    if path.is_file():
+        return _load_file(path), path.name
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    run = RunDir(path)
+    if which == "best":
+        best = run.checkpoints / "best.pt"
+        if not best.is_file():
+            raise CheckpointError(f"{path}: no best.pt (the run kept no validation-selected checkpoint)")
+        return _load_file(best), "best"
+    paths = run.checkpoint_paths()
+    if not paths:
+        raise CheckpointError(f"{path}: no checkpoint found in {run.checkpoints}")
+    for candidate in reversed(paths):
+        try:
+            state = _load_file(candidate)
+        except CheckpointError as exc:
+            if candidate == paths[0]:
+                raise
+            warnings.warn(f"skipping an unreadable checkpoint: {exc}")
+            continue
+        return state, "final" if candidate == paths[-1] else candidate.name
+
+
+def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """Load a checkpoint file, or a run folder's newest loadable one, safely
+    (``weights_only=True``: it never executes code) or raise CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return load_run_checkpoint(path)[0]

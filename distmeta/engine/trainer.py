@@ -1,40 +1,38 @@
-"""The one training loop, for every method and every executor.
+"""The one run loop, for every method (supervised, RL^2, MAML-RL) and every executor.
 
-Each meta-step t: the engine returns the summed per-task gradients of the tasks
-``0..meta_batch-1`` of step t (computed in-process or on Ray workers), the
-learner applies their mean once, and the loop logs, validates and checkpoints.
-Checkpoints hold (parameters, optimizer state, step, RNG state, config), so a
-resumed run ends with the same parameters as an uninterrupted one; SIGINT and
-SIGTERM checkpoint at the next step boundary; a non-finite loss stops the run
-before the update, leaving the last good checkpoint in place.
+Per iteration: ``method.step()``; every ``eval.every`` iterations (and at the
+end) ``method.evaluate("val")`` (best.pt and Tune select on it); every
+``log_every`` a metrics row of window means (CSV, TensorBoard, progress line);
+every ``checkpoint.every`` a checkpoint. At the end the final parameters are
+scored on the test split (``results.json``) and plots are written. Checkpoints
+hold ``{"method", "config", "state": method.state(), "loop"}`` in torch tensors
+and plain values, so a resumed run ends with the same parameters as an
+uninterrupted one. SIGINT and SIGTERM checkpoint at the next iteration boundary;
+a non-finite loss or score stops the run, leaving the last good checkpoint.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-import os
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
-
-import torch
+from typing import Any, Callable, Dict, Optional, Union
 
 from distmeta.config import ExperimentConfig, from_dict, load_config
-from distmeta.engine.core import MetaCore, set_threads
-from distmeta.engine.learner import Learner
 from distmeta.engine.run_dir import CheckpointError, MetricsLogger, RunDir, load_checkpoint
-from distmeta.errors import DistmetaError
+from distmeta.errors import DistmetaError, NonFiniteError
+from distmeta.method import method_class, method_key
 
 log = logging.getLogger("distmeta")
 
 # Fields that may change between a checkpoint and the run resuming from it.
 RESUMABLE_FIELDS = ("name", "budget", "log_every", "optim.steps", "engine", "eval", "checkpoint",
-                    "data.root", "data.store", "data.download", "data.base_url", "tune")
+                    "data.root", "data.store", "data.download", "data.base_url", "tune", "rl.env_steps",
+                    "rl.num_env_runners", "rl.num_learners")
 
 
 @dataclass
@@ -56,15 +54,14 @@ def as_config(config: Union[ExperimentConfig, Dict[str, Any], str, Path]) -> Exp
 def _flat_items(d: Dict[str, Any], prefix: str = ""):
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
+        if isinstance(v, dict) and v:
             yield from _flat_items(v, key + ".")
         else:
             yield key, v
 
 
 def check_compatible(saved: Dict[str, Any], current: Dict[str, Any]) -> None:
-    """Raise CheckpointError naming the first field that makes a checkpoint
-    belong to another experiment."""
+    """Raise CheckpointError naming the first field that makes a checkpoint belong to another experiment."""
     a, b = dict(_flat_items(saved)), dict(_flat_items(current))
     for key in sorted(set(a) | set(b)):
         if any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS):
@@ -75,7 +72,7 @@ def check_compatible(saved: Dict[str, Any], current: Dict[str, Any]) -> None:
 
 
 class StopFlag:
-    """Turns SIGINT/SIGTERM into a request to checkpoint and stop at the next step boundary."""
+    """Turns SIGINT/SIGTERM into a request to checkpoint and stop at the next iteration boundary."""
 
     def __init__(self):
         self.requested: Optional[str] = None
@@ -98,191 +95,195 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def omp_threads() -> Optional[int]:
-    """``$OMP_NUM_THREADS`` when the user set it (a shared machine), else None (all CPUs we own)."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
-
-
 def default_run_dir(cfg: ExperimentConfig) -> Path:
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _resolve_resume(resume, out, config) -> tuple:
-    """Return (run folder, config, checkpoint state or None)."""
+    """Return (run folder, config, checkpoint or None)."""
     if resume in (None, False, ""):
         return out, config, None
     if resume == "auto":
         if out is None:
             raise DistmetaError("--resume auto needs --out RUN_DIR (the folder a retried job writes to)")
-        resume = out if RunDir(out).latest_checkpoint() is not None else None
-        if resume is None:
+        if RunDir(out).latest_checkpoint() is None:
             return out, config, None
+        resume = out
+    elif out is not None and Path(out).resolve() != Path(resume).resolve():
+        raise DistmetaError(f"--resume {resume} continues that run in place; drop --out {out}")
     run = RunDir.open(resume)
-    ckpt = run.latest_checkpoint()
-    if ckpt is None:
+    if run.latest_checkpoint() is None:
         raise CheckpointError(f"{resume}: no checkpoint to resume from")
-    return Path(resume), (config if config is not None else run.config_dict()), load_checkpoint(ckpt)
-
-
-def make_engine(cfg: ExperimentConfig, core: MetaCore):
-    if cfg.engine.workers == 0:
-        from distmeta.engine.local import LocalEngine
-
-        return LocalEngine(core)
-    from distmeta.engine.ray_engine import RayEngine
-
-    return RayEngine(cfg, core)
+    return Path(resume), (config if config is not None else run.config_dict()), load_checkpoint(run.path)
 
 
 def train(config=None, out=None, steps: Optional[int] = None, resume=None, progress: Optional[bool] = None,
-          engine_factory=None, reporter=None, initial_state: Optional[Dict[str, Any]] = None) -> RunResult:
-    """Run the training loop.
-
-    ``engine_factory(cfg, core)`` may supply the executor (default: in-process for
-    ``engine.workers: 0``, else Ray workers). ``reporter(step, metrics, state_fn)``
-    is called after every validation (Tune reports and checkpoints there;
-    ``state_fn()`` returns the full learner state). ``initial_state`` starts from
-    such a state (a Tune checkpoint) instead of from scratch."""
-    out, config, state = _resolve_resume(resume, out, config)
+          engine_factory=None, reporter: Optional[Callable] = None,
+          initial_state: Optional[Dict[str, Any]] = None) -> RunResult:
+    """Run the loop. ``steps`` sets the number of iterations (``optim.steps`` for the supervised
+    methods). ``reporter(iteration, metrics, checkpoint_fn)`` is called after every validation
+    (Tune reports and checkpoints there; ``checkpoint_fn()`` returns a whole checkpoint);
+    ``initial_state`` starts from such a checkpoint instead of from scratch."""
+    out, config, ckpt = _resolve_resume(resume, out, config)
     if config is None:
         raise DistmetaError("train needs a config (or --resume RUN_DIR)")
     cfg = as_config(config)
-    if steps is not None:
-        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, steps=int(steps)))
-    if cfg.rl:
-        from distmeta.rl import train_rl
-
-        run = RunDir.open(out) if state is not None else RunDir.create(out or default_run_dir(cfg), cfg.to_dict())
-        return RunResult(run.path, -1, train_rl(cfg, run, steps=steps, resume=state is not None))
-    if state is not None:
-        check_compatible(state["config"], cfg.to_dict())
-    set_threads(cfg.engine.learner_num_cpus if cfg.engine.workers else omp_threads())
-    core = MetaCore(cfg)  # data and config problems surface here, before any actor starts
-    for split in sorted({cfg.eval.split, held_out_split(cfg, core)}):
-        core.task_distribution(split)  # e.g. task.ways beyond a held-out split's classes: fail now
-    learner = Learner(core)
-    if state is not None or initial_state is not None:
-        learner.load_state_dict(state if state is not None else initial_state)
-    run = RunDir.open(out) if state is not None else RunDir.create(out or default_run_dir(cfg), cfg.to_dict())
-    if state is not None:
-        run.write_config(cfg.to_dict())
-    logger = MetricsLogger(run.path)
-    logger.truncate_after(learner.step)
-    engine = (engine_factory or make_engine)(cfg, core)
+    if steps is not None and cfg.rl is None:
+        cfg.optim.steps = int(steps)
+    ckpt = ckpt if ckpt is not None else initial_state
+    if ckpt is not None:
+        check_compatible(ckpt["config"], cfg.to_dict())
+    if out is not None and ckpt is None and resume in (None, False, "") and RunDir.exists(out):
+        raise DistmetaError(f"--out {out}: a run folder already exists there; continue it with --resume {out} "
+                            f"or choose a new --out")
+    build = method_class(cfg).build
+    method = build(cfg, engine_factory) if engine_factory is not None else build(cfg)
     try:
-        status = _loop(cfg, core, learner, engine, run, logger, progress, reporter)
-        metrics = finish(cfg, core, learner, run, logger) if status == "finished" else {}
+        if ckpt is not None:
+            method.load(ckpt["state"])
+        run = RunDir.open(out) if RunDir.exists(out) else RunDir.create(out or default_run_dir(cfg), cfg.to_dict())
+        run.write_config(cfg.to_dict())
+        loop = RunLoop(cfg, method, run, progress, reporter, max_iterations=steps if cfg.rl is not None else None)
+        status = loop.run(ckpt.get("loop", {}) if ckpt else {})
+        metrics = loop.finish() if status == "finished" else {}
     finally:
-        engine.close()
-        logger.close()
-    return RunResult(run.path, learner.step, metrics, status)
+        method.close()
+    return RunResult(run.path, method.iteration, metrics, status)
 
 
-def checkpoint_state(cfg, learner) -> Dict[str, Any]:
-    """Everything a checkpoint holds: learner state, config and the task shape."""
-    train = learner.core.task_distribution("train")
-    return {**learner.state_dict(), "config": cfg.to_dict(),
-            "task_shape": {"input_shape": list(train.input_shape), "output_dim": train.output_dim,
-                           "kind": train.kind}}
+class RunLoop:
+    """Drives one method: iterate, validate, log, checkpoint, report; then the final test."""
+
+    def __init__(self, cfg, method, run: RunDir, progress=None, reporter=None, max_iterations=None):
+        self.cfg, self.method, self.run_dir, self.reporter = cfg, method, run, reporter
+        self.max_iterations = max_iterations
+        self.logger = MetricsLogger(run.path)
+        self.logger.truncate_after(method.iteration)
+        self.show = sys.stderr.isatty() if progress is None else progress
+        self.window: Dict[str, float] = {}
+        self.window_steps, self.work, self.train_time, self.eval_time = 0, 0.0, 0.0, 0.0
+
+    def _finished(self) -> bool:
+        m = self.method
+        return m.done() or (self.max_iterations is not None and m.iteration >= self.max_iterations)
+
+    def run(self, loop_state: Dict[str, Any]) -> str:
+        self.work_total = float(loop_state.get("work_total", 0.0))
+        with StopFlag() as stop:
+            while not self._finished():
+                row = self._train_step()
+                it = self.method.iteration
+                last = self._finished()
+                if it % self.cfg.eval.every == 0 or last:
+                    row.update(self._validate())
+                if it % self.cfg.log_every == 0 or last or "val_ci95" in row:
+                    self._log(it, row)
+                if it % self.cfg.checkpoint.every == 0 or last or stop.requested:
+                    self._checkpoint(row.get("val_score"))
+                if stop.requested:
+                    print(f"distmeta: stopped at iteration {it} ({stop.requested}); resume with "
+                          f"`distmeta train --resume {self.run_dir.path}`", file=sys.stderr)
+                    return "interrupted"
+        return "finished"
+
+    def _train_step(self) -> Dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            metrics = self.method.step()
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"{exc}; last good checkpoint: {self.run_dir.latest_checkpoint() or 'none'}") from None
+        self.train_time += time.perf_counter() - t0
+        self.work += metrics.get("work", 0.0)
+        self.work_total += metrics.get("work", 0.0)
+        for key, value in metrics.items():
+            if key != "work" and value is not None and math.isfinite(value):
+                self.window[key] = self.window.get(key, 0.0) + value
+        self.window_steps += 1
+        return {}
+
+    def _validate(self) -> Dict[str, Any]:
+        m = self.method
+        t0 = time.perf_counter()
+        val = m.evaluate("val", self.cfg.eval.episodes)
+        self.eval_time += time.perf_counter() - t0
+        score = val.get(m.score_key)
+        if score is None or not math.isfinite(score):  # finite loss, exploded parameters: stop, keep the state
+            path = self._checkpoint(None)
+            raise NonFiniteError(f"non-finite validation {m.score_key} at iteration {m.iteration}: the run "
+                                 f"diverged (its state is in {path})")
+        if self.reporter is not None:
+            report = {k: v for k, v in val.items() if isinstance(v, (int, float))}
+            report.update(m.facts() if hasattr(m, "facts") else {})
+            self.reporter(m.iteration, {**report, **self._window_means()}, self.checkpoint_dict)
+        out = {f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float)) and k != "episodes"}
+        return {**out, "val_score": score if m.higher_is_better else -score}
+
+    def _window_means(self) -> Dict[str, float]:
+        return {k: v / max(self.window_steps, 1) for k, v in self.window.items()}
+
+    def _log(self, it: int, row: Dict[str, Any]) -> None:
+        m = self.method
+        row = {**self._window_means(), **{k: v for k, v in row.items() if k != "val_score"}}
+        row[f"{m.work_unit}_per_s"] = self.work / max(self.train_time, 1e-9)  # evaluation excluded
+        row[m.work_unit] = self.work_total
+        if self.eval_time:
+            row["eval_time_s"] = self.eval_time
+        self.logger.log(it, row)
+        line = format_progress(it, m, row)
+        if self.show:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        else:
+            print(line, flush=True)
+        self.window, self.window_steps, self.work, self.train_time, self.eval_time = {}, 0, 0.0, 0.0, 0.0
+
+    def checkpoint_dict(self) -> Dict[str, Any]:
+        """Everything a checkpoint holds (torch tensors and plain values)."""
+        return {"method": method_key(self.cfg), "config": self.cfg.to_dict(), "state": self.method.state(),
+                "loop": {"work_total": self.work_total}}
+
+    def _checkpoint(self, score: Optional[float]) -> Path:
+        keep = self.cfg.checkpoint
+        return self.run_dir.save_checkpoint(self.checkpoint_dict(), self.method.iteration, keep_last=keep.keep_last,
+                                            score=score if keep.keep_best else None)
+
+    def finish(self) -> Dict[str, Any]:
+        """Score the final parameters on the test split (``results.json``), write the plots."""
+        if self.show:
+            print(file=sys.stderr)
+        m = self.method
+        final = m.evaluate("test", self.cfg.eval.final_episodes)
+        final = {"checkpoint": "final", "iteration": m.iteration, **final}
+        self.run_dir.write_json("results.json", final)
+        self.logger.close()
+        try:
+            from distmeta.plots import plot_curves
+
+            plot_curves(self.logger, m, self.cfg.name)
+            m.artifacts(self.run_dir.path, self.logger.rows)
+        except Exception as exc:  # plotting must never lose a finished run
+            log.warning("plotting failed: %s", exc)
+        print_summary(self.run_dir.path, m, final)
+        return final
 
 
-def _checkpoint(cfg, learner, run, score=None):
-    state = checkpoint_state(cfg, learner)
-    return run.save_checkpoint(state, learner.step, keep_last=cfg.checkpoint.keep_last,
-                               score=score if cfg.checkpoint.keep_best else None)
-
-
-def _loop(cfg, core, learner, engine, run, logger, progress, reporter=None) -> str:
-    from distmeta.evaluation import evaluate
-    from tqdm import tqdm
-
-    total = cfg.optim.steps
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=total, initial=learner.step, disable=not show, unit="step", dynamic_ncols=True)
-    window_tasks, window_start, score = 0, time.perf_counter(), None
-    window_times: Dict[str, float] = {}   # summed time_*_s of the steps since the last log line
-    window_steps = 0
-    with StopFlag() as stop:
-        while learner.step < total:
-            t = learner.step
-            t0 = time.perf_counter()
-            grad_sum, metric_sums, count, timing = engine.meta_gradient(learner.flat_params(), t, cfg.optim.meta_batch)
-            metrics = {k: v / count for k, v in metric_sums.items()}
-            if not math.isfinite(metrics.get("loss", 0.0)) or not torch.isfinite(grad_sum).all():
-                last = run.latest_checkpoint()
-                raise DistmetaError(f"non-finite loss at meta-step {t} (loss={metrics.get('loss')}); "
-                                    f"stopped before applying it; last good checkpoint: {last or 'none'}")
-            learner.apply(grad_sum / count)
-            window_tasks += count
-            step_time = time.perf_counter() - t0
-            times = {"step": step_time, **timing}
-            if "transfer" in timing:  # Ray: the learner's own share (check, apply) of the step
-                times["learner"] = max(step_time - sum(timing.values()), 0.0)
-            for k, v in times.items():
-                window_times[k] = window_times.get(k, 0.0) + v
-            window_steps += 1
-            row = {**metrics, "lr": learner.learning_rate(t)}
-            if learner.step % cfg.eval.every == 0 or learner.step == total:
-                val = evaluate(core, learner.flat_params(), cfg.eval.split, cfg.eval.episodes)
-                row.update({f"val_{k}": v for k, v in val.items() if k != "episodes"})
-                score = val.get("accuracy", -val.get("mse", math.inf))
-                if reporter is not None:
-                    reporter(learner.step, {**val, "loss": metrics.get("loss")},
-                             lambda: checkpoint_state(cfg, learner))
-            if learner.step % cfg.log_every == 0 or learner.step == total or "val_ci95" in row:
-                now = time.perf_counter()
-                row["tasks_per_s"] = window_tasks / max(now - window_start, 1e-9)
-                row.update({f"time_{k}_s": v / window_steps for k, v in window_times.items()})
-                window_tasks, window_start, window_times, window_steps = 0, now, {}, 0
-                logger.log(learner.step, row)
-                line = format_progress(learner.step, total, row)
-                if show:
-                    bar.set_postfix_str(line.split(" ", 2)[-1])
-                else:
-                    print(line, flush=True)
-            bar.update(1)
-            if learner.step % cfg.checkpoint.every == 0 or learner.step == total or stop.requested:
-                _checkpoint(cfg, learner, run, score if "val_ci95" in row else None)
-            if stop.requested:
-                bar.close()
-                print(f"distmeta: stopped at step {learner.step} ({stop.requested}); resume with "
-                      f"`distmeta train --resume {run.path}`", file=sys.stderr)
-                return "interrupted"
-    bar.close()
-    return "finished"
-
-
-def format_progress(step: int, total: int, row: Dict[str, Any]) -> str:
-    parts = [f"step {step}/{total}"]
-    for key in ("loss", "accuracy", "mse", "pair_accuracy", "val_accuracy", "val_mse", "tasks_per_s"):
-        if key in row:
+def format_progress(it: int, method, row: Dict[str, Any]) -> str:
+    total = getattr(method, "total", None)
+    parts = [f"step {it}/{total}" if total else f"step {it}"]
+    keys = list(method.progress_keys) + [f"val_{method.score_key}", f"{method.work_unit}_per_s"]
+    for key in keys:
+        if isinstance(row.get(key), (int, float)):
             parts.append(f"{key.replace('_per_s', '/s')} {row[key]:.4g}")
-    if "time_transfer_s" in row and row.get("time_step_s"):  # the engine's cost, visible on Ray runs
+    if row.get("time_transfer_s") is not None and row.get("time_step_s"):  # the engine's cost on Ray runs
         parts.append("engine " + " ".join(f"{k} {100 * row[f'time_{k}_s'] / row['time_step_s']:.0f}%"
                                           for k in ("transfer", "wait")))
     return " ".join(parts)
 
 
-def held_out_split(cfg, core) -> str:
-    """The split of the final evaluation: test if the data has one, else ``eval.split``."""
-    return "test" if ("test" in core.datasets or not core.datasets) else cfg.eval.split
-
-
-def finish(cfg, core, learner, run, logger) -> Dict[str, Any]:
-    """Final evaluation (mean and 95 % CI over ``eval.final_episodes`` held-out
-    tasks of the test split, else val), ``results.json`` and plots."""
-    from distmeta.evaluation import evaluate
-    from distmeta.plots import plot_run
-
-    split = held_out_split(cfg, core)
-    final = evaluate(core, learner.flat_params(), split, cfg.eval.final_episodes)
-    final = {"split": split, "step": learner.step, **final}
-    run.write_json("results.json", final)
-    print("final " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()),
+def print_summary(path: Path, method, final: Dict[str, Any]) -> None:
+    """The one-screen end of ``train``: the test score with its CI, and what to do next."""
+    score = final.get(method.score_key)
+    ci = final.get("ci95")
+    text = f"{score:.4g}" + (f" ± {ci:.2g}" if isinstance(ci, float) and math.isfinite(ci) else "")
+    print(f"final test {method.score_key}: {text} (final checkpoint, iteration {final['iteration']})", flush=True)
+    print(f"run folder: {path}\n  evaluate: distmeta eval {path}\n  resume:   distmeta train --resume {path}",
           flush=True)
-    try:
-        plot_run(cfg, core, learner, run, logger)
-    except Exception as exc:  # plotting must never lose a finished run
-        log.warning("plotting failed: %s", exc)
-    return final

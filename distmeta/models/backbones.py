@@ -58,3 +58,6 @@ def mlp(model_cfg, input_shape):
 def conv4(model_cfg, input_shape):
     channels, size = input_shape[0], input_shape[-1]
     return Conv4(channels, model_cfg.channels, size, model_cfg.batch_norm)
+
+
+conv4.inputs = "images"  # (channels, height, width); mlp takes any shape (it flattens)

@@ -1,8 +1,9 @@
 """``Network`` = backbone + optional head chosen by the algorithm.
 
 Parameter names starting with ``head.`` belong to the head (ANIL adapts only
-those); names starting with ``meta_lr.`` are Meta-SGD's learned per-parameter
-inner learning rates, which are meta-learned but never adapted.
+those). An algorithm may add meta-learned tensors of its own
+(``Algorithm.extra_parameters``, e.g. Meta-SGD's ``meta_lr.*`` learned inner
+learning rates): they are meta-learned but never adapted.
 """
 from __future__ import annotations
 
@@ -22,15 +23,14 @@ class Network(nn.Module):
         self.head = head
         for name, module in (extras or {}).items():
             self.add_module(name, module)  # algorithm-specific parts, e.g. a Siamese verifier
-        self.meta_lr = nn.ParameterDict()
 
-    def add_learned_inner_lrs(self, init: float) -> None:
-        for name, p in list(self.named_parameters()):
-            if not name.startswith("meta_lr."):
-                self.meta_lr[name.replace(".", "__")] = nn.Parameter(torch.full_like(p, init))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
+    def add_parameters(self, tensors: Dict[str, torch.Tensor]) -> None:
+        """Add ``group.key`` tensors as parameters of a ParameterDict ``group``."""
+        for name, value in tensors.items():
+            group, key = name.split(".", 1)
+            if not hasattr(self, group):
+                self.add_module(group, nn.ParameterDict())
+            getattr(self, group)[key] = nn.Parameter(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.backbone(x)
@@ -42,6 +42,5 @@ def build_network(cfg, input_shape, algorithm, output_dim: int) -> Network:
     backbone = MODELS.get(cfg.model.name)(cfg.model, tuple(input_shape))
     head = algorithm.make_head(backbone.out_features, output_dim)
     net = Network(backbone, head, algorithm.make_extras(backbone.out_features))
-    if getattr(cfg.algorithm, "learn_inner_lr", False):
-        net.add_learned_inner_lrs(cfg.algorithm.inner_lr)
+    net.add_parameters(algorithm.extra_parameters(list(net.named_parameters())))
     return net

@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from distmeta.rl.config import RLConfig
+from distmeta.schema import RLConfig
 from distmeta.rl.trial_wrapper import TrialWrapper
 
 
@@ -115,6 +115,13 @@ def env_config(rl: RLConfig, seed: int, tasks: Optional[List[Dict[str, Any]]] = 
             "seed": int(seed), "tasks": tasks}
 
 
+def lr_schedule(rl: RLConfig):
+    """PPO's learning rate: constant ``rl2.lr``, or annealed linearly to ``rl2.lr_final`` over
+    ``env_steps`` (RLlib's ``[[timestep, value], ...]`` schedule)."""
+    s = rl.rl2
+    return s.lr if s.lr_final is None else [[0, s.lr], [rl.env_steps, s.lr_final]]
+
+
 def build_ppo_config(rl: RLConfig, seed: int, train_tasks: Optional[List[Dict[str, Any]]] = None):
     from ray.rllib.algorithms.ppo import PPOConfig
 
@@ -128,7 +135,7 @@ def build_ppo_config(rl: RLConfig, seed: int, train_tasks: Optional[List[Dict[st
                      rollout_fragment_length="auto", num_cpus_per_env_runner=1)
         .learners(num_learners=rl.num_learners)
         .training(train_batch_size_per_learner=s.train_batch_size, minibatch_size=s.minibatch_size,
-                  num_epochs=s.num_epochs, lr=s.lr, gamma=s.gamma, lambda_=s.gae_lambda, clip_param=s.clip_param,
+                  num_epochs=s.num_epochs, lr=lr_schedule(rl), gamma=s.gamma, lambda_=s.gae_lambda, clip_param=s.clip_param,
                   entropy_coeff=s.entropy_coeff, vf_loss_coeff=s.vf_loss_coeff,
                   grad_clip=s.grad_clip or None, use_kl_loss=False, vf_clip_param=1e4)
         .rl_module(**module)

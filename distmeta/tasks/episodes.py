@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distmeta.config import ConfigError
+from distmeta.schema import ConfigError
 from distmeta.data.base import ImageClassDataset
 from distmeta.registry import TASKS
 from distmeta.tasks.base import TaskDistribution
@@ -76,3 +76,6 @@ def classification(task_cfg, datasets, split):
     ways = task_cfg.train_ways if (split == "train" and task_cfg.train_ways) else task_cfg.ways
     return EpisodeSampler(datasets[split], ways, task_cfg.shots, task_cfg.queries,
                           task_cfg.rotations, task_cfg.within_group, split)
+
+
+classification.kind, classification.inputs = "classification", "images"

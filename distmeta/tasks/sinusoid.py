@@ -42,3 +42,6 @@ class SinusoidTasks(TaskDistribution):
 def sinusoid(task_cfg, datasets, split):
     return SinusoidTasks(task_cfg.shots, task_cfg.queries, task_cfg.amplitude, task_cfg.phase,
                          task_cfg.x_range, grid_queries=(split != "train"))
+
+
+sinusoid.kind, sinusoid.inputs = "regression", "vectors"  # what config checks compare methods and models to
