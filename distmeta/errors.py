@@ -7,3 +7,7 @@ class DistmetaError(RuntimeError):
 
 class NonFiniteError(DistmetaError):
     """A loss, gradient or score stopped being finite: the run stops before applying it."""
+
+
+class DataError(DistmetaError, ValueError):
+    """Data missing, corrupt or wrongly selected; the message names the file or field."""

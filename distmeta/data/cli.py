@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any, Dict
 
-from distmeta.data import DataError
+from distmeta.errors import DataError
 
 
 def _print_info(info: Dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional, Union
 
-from distmeta.data import DataError
+from distmeta.errors import DataError
 
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 BASE_URL_ENV = "DISTMETA_OMNIGLOT_URL"

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from distmeta.schema import DataConfig
-from distmeta.data import DataError
+from distmeta.errors import DataError
 from distmeta.data.base import ImageClassDataset
 from distmeta.registry import DATASETS
 

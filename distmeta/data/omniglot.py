@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from distmeta.schema import DataConfig
-from distmeta.data import DataError
+from distmeta.errors import DataError
 from distmeta.data.base import ImageClassDataset
 from distmeta.data.download import fetch_omniglot, resolve_base_url
 from distmeta.data.splits import build_splits

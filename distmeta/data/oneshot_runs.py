@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from distmeta.data import DataError
+from distmeta.errors import DataError
 from distmeta.data.base import ImageClassDataset
 from distmeta.data.omniglot import list_entries, open_zip, preprocess
 

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from distmeta.schema import DataConfig, SplitSpec
-from distmeta.data import DataError
+from distmeta.errors import DataError
 from distmeta.data.base import ImageClassDataset
 
 SPLITS = ("train", "val", "test")

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from distmeta.schema import DataConfig
-from distmeta.data import DataError
+from distmeta.errors import DataError
 from distmeta.data.base import ImageClassDataset
 from distmeta.data.splits import PRESET_SETS, SPLITS, build_splits, sets_used
 from distmeta.registry import DATASETS
