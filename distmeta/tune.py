@@ -97,7 +97,7 @@ def trainable(params: Dict[str, Any], base: Dict[str, Any]) -> None:
 
     def reporter(iteration, metrics, checkpoint_fn):
         full = {**checkpoint_fn(), "step": iteration, "format": CHECKPOINT_FORMAT}
-        report = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+        report = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
         report.update(step=iteration, restored_step=restored, **facts(full))
         with tempfile.TemporaryDirectory() as d:
             torch.save(full, Path(d) / CHECKPOINT_FILE)

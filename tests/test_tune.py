@@ -144,9 +144,9 @@ def test_interrupted_search_resumes(tmp_path):
 
 
 RL_TUNE = {
-    "name": "rl-tune-test", "seed": 0,
+    "name": "rl-tune-test", "seed": 0, "eval": {"every": 1, "episodes": 10, "final_episodes": 10},
     "rl": {"algorithm": "rl2", "env": "bandit", "env_config": {"k": 2}, "env_steps": 2000, "num_env_runners": 0,
-           "num_envs_per_env_runner": 4, "eval_tasks": 10, "eval_every": 1,
+           "num_envs_per_env_runner": 4,
            "rl2": {"episodes_per_trial": 10, "cell_size": 16, "hidden": [16], "max_seq_len": 10,
                    "train_batch_size": 1000, "minibatch_size": 500, "num_epochs": 1}},
     "tune": {"space": {"rl.rl2.lr": {"grid": [0.001]}}, "metric": "mean_return", "mode": "max",
@@ -157,18 +157,16 @@ RL_TUNE = {
 def test_rl2_search_uses_the_algorithm_resource_request_and_exports_the_best(ray_session, tmp_path):
     from distmeta.commands import evaluate_run
     from distmeta.config import from_dict
-    from distmeta.rl import rl_tune_trainable
-    from distmeta.rl.config import parse_rl
-    from distmeta.rl import rl2
-    from distmeta.rl.runner import held_out_tasks
+    from distmeta.rl.rl2_method import RL2Method
+    from distmeta.tune import make_trainable
 
     cfg = from_dict({k: v for k, v in RL_TUNE.items() if k != "tune"})
-    algo_config = rl2.build_ppo_config(parse_rl(cfg.rl), cfg.seed, held_out_tasks(parse_rl(cfg.rl))[0] or None)
+    algo_config = RL2Method.algo_config(cfg)
     expected = algo_config.algo_class.default_resource_request(algo_config)
-    trainable = rl_tune_trainable(cfg)
+    trainable = make_trainable(RL_TUNE)    # the one trainable of every distmeta experiment
     assert trainable._resources.bundles == expected.bundles   # sized by RLlib's own request
     out = tmp_path / "rl"
     summary = run_tune(write(tmp_path, RL_TUNE), [], out=str(out))
     assert summary["trials"][0]["status"] == "TERMINATED"
     result = evaluate_run(summary["best"]["path"], episodes=10)
-    assert "mean_return" in result and "baselines" in result
+    assert "mean_return" in result and "baselines" in result and result["split"] == "test"

@@ -212,7 +212,7 @@ class RunLoop:
             raise NonFiniteError(f"non-finite validation {m.score_key} at iteration {m.iteration}: the run "
                                  f"diverged (its state is in {path})")
         if self.reporter is not None:
-            report = {k: v for k, v in val.items() if isinstance(v, (int, float))}
+            report = {k: v for k, v in val.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             report.update(m.facts() if hasattr(m, "facts") else {})
             self.reporter(m.iteration, {**report, **self._window_means()}, self.checkpoint_dict)
         out = {f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float)) and k != "episodes"}
