@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 # Before torch loads (libgomp reads its environment once, at load): passive
-# OpenMP waits, which a small shared machine needs (DESIGN.md).
+# OpenMP waits, which a small shared machine needs (docs/architecture.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import statistics
 import sys
@@ -110,5 +110,5 @@ def summary(samples: List[float]) -> Dict[str, float]:
 
 
 def quiet_threads() -> None:
-    """Thread settings for a small shared machine (DESIGN.md): passive OpenMP waits."""
+    """Thread settings for a small shared machine (docs/architecture.md): passive OpenMP waits."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

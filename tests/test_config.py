@@ -1,4 +1,4 @@
-"""Bad input fails early with one line naming the field (DESIGN.md, invariant 8):
+"""Bad input fails early with one line naming the field (docs/architecture.md, invariants):
 config fields, data files, checkpoints from another config, and files that are
 not checkpoints (which must never execute code)."""
 from __future__ import annotations

@@ -211,6 +211,19 @@ def test_metacore_on_cuda_picks_vmap_and_matches_the_cpu_loop():
 
 
 def test_core_executors_available():
-    """Reports (as a skip) when this machine used the local executor fallback."""
+    """``executor: auto`` picks vmap on CUDA and for convolution-free models, the per-task loop for
+    convolutional models on CPU (the measured winners), and always the loop for an algorithm that
+    cannot run under vmap. (Runs without a GPU: it only asks which executor would be used.)"""
     if CORE_IMPORT_ERROR is not None:  # pragma: no cover
         pytest.skip(f"distmeta.engine.core not importable ({CORE_IMPORT_ERROR}); GPU tests used the fallback")
+    from distmeta.engine.core import resolve_executor
+
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten())
+    mlp = torch.nn.Sequential(torch.nn.Linear(3, 4))
+    maml = SimpleNamespace(vmappable=True)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_executor("auto", cuda, maml, conv) == "vmap"
+    assert resolve_executor("auto", cpu, maml, conv) == "loop"
+    assert resolve_executor("auto", cpu, maml, mlp) == "vmap"
+    assert resolve_executor("vmap", cpu, maml, conv) == "vmap"          # an explicit choice is honoured
+    assert resolve_executor("vmap", cuda, SimpleNamespace(vmappable=False), mlp) == "loop"

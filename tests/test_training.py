@@ -192,9 +192,15 @@ def test_eval_json_regression(sinusoid_run, capsys):
 
 
 def test_eval_table_output(protonet_run, capsys):
+    """The table shows the same numbers as --json (evaluation is seeded), headline with its CI."""
     code, out, _ = run_cli(capsys, "eval", protonet_run.path, "--episodes", 20, "--ways", 20)
     assert code == 0
-    assert "accuracy" in out and "±" in out and "ways" in out
+    rows = dict(line.split(None, 1) for line in out.strip().splitlines()[1:])
+    code, js, _ = run_cli(capsys, "eval", protonet_run.path, "--episodes", 20, "--ways", 20, "--json")
+    result = json.loads(js)
+    mean, ci = (float(x) for x in rows["accuracy"].split("±"))
+    assert mean == pytest.approx(result["accuracy"], abs=1e-4) and ci == pytest.approx(result["ci95"], abs=1e-4)
+    assert rows["ways"].strip() == "20" and rows["checkpoint"].strip() == "final" and rows["split"].strip() == "test"
 
 
 @pytest.mark.parametrize("fixture", ["protonet_run", "maml_run"])

@@ -5,7 +5,7 @@ always (transductive batch norm, as in MAML):
     y = gamma * (x - mean_{N,H,W}(x)) / sqrt(var_{N,H,W}(x) + eps) + beta
 It keeps no running statistics, so nothing leaks from one task to the next, and
 it is written with plain tensor ops, so ``torch.func.vmap`` over tasks gives
-exact second-order gradients (native ``nn.BatchNorm2d`` does not; see DESIGN.md).
+exact second-order gradients (native ``nn.BatchNorm2d`` does not; see docs/architecture.md).
 """
 from __future__ import annotations
 

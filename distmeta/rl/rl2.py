@@ -44,7 +44,7 @@ class RL2TrialEnv(TrialWrapper):
 
 
 def _apply_task(env_runner, task) -> None:
-    """What DESIGN.md prescribes: set the task through the EnvRunner's vector env.
+    """Set the task through the EnvRunner's vector env.
     (The local EnvRunner of a run with remote ones has no env: nothing to do there.)"""
     if getattr(env_runner, "env", None) is not None:
         env_runner.env.unwrapped.call("set_task", task)

@@ -3,8 +3,8 @@
 A task is a dict of arrays ``support_x, support_y, query_x, query_y`` plus its
 ``seed``. Task ``i`` of meta-step ``t`` in stream ``split`` is a function of
 ``task_seed(run_seed, split, t, i)`` alone: never of which worker asked for it,
-so a meta-batch can be sharded over any number of workers (DESIGN.md,
-invariant 4) and a resumed run sees the same tasks.
+so a meta-batch can be sharded over any number of workers (docs/architecture.md,
+invariant 2) and a resumed run sees the same tasks.
 
 A task distribution provides ``kind`` (``classification`` | ``regression``),
 ``input_shape``, ``output_dim`` and ``sample(seed) -> task``.
