@@ -87,7 +87,12 @@ def register(subparsers) -> None:
                     "(one row per preprocessed image) that `data.dataset: parquet` reads.")
     prepare.set_defaults(func=lambda args: (prepare.print_help(), 2)[1])
     kinds = prepare.add_subparsers(dest="dataset", metavar="DATASET")
+    _register_prepare_omniglot(kinds)
+    _register_prepare_miniimagenet(kinds)
+    _register_info_and_runs(actions)
 
+
+def _register_prepare_omniglot(kinds) -> None:
     om = kinds.add_parser(
         "omniglot", help="Omniglot from the official zips",
         description="Write Omniglot sets from the official zips (downloaded when missing) as a store. "
@@ -107,6 +112,8 @@ def register(subparsers) -> None:
     om.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     om.set_defaults(func=_prepare_omniglot)
 
+
+def _register_prepare_miniimagenet(kinds) -> None:
     mi = kinds.add_parser(
         "miniimagenet", help="mini-ImageNet from the Ravi-Larochelle CSV layout",
         description="Write mini-ImageNet (images/ plus train.csv, val.csv, test.csv) as a store; "
@@ -118,6 +125,8 @@ def register(subparsers) -> None:
     mi.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     mi.set_defaults(func=_prepare_miniimagenet)
 
+
+def _register_info_and_runs(actions) -> None:
     info = actions.add_parser("info", help="summarise a Parquet store",
                               description="Print rows, classes, alphabets, splits, image shape and size of a store.")
     info.add_argument("path", help="store folder, .parquet file or URI")

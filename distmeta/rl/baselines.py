@@ -151,40 +151,47 @@ def gittins_table(horizon: int, grid: Optional[int] = None) -> GittinsTable:
     U = np.zeros((L, n + 1, 1), dt)  # V - lam * h, the advantage over retiring now (>= 0, up to ties)
     E = np.zeros((L, n + 1, 1), dt)  # expected number of pulls before retiring under the optimal rule
     for m in range(n - 1, -1, -1):
-        H = n - m
-        p = (1.0 + np.arange(m + 1)) / (2.0 + m)
-        pc = p.astype(dt)[:, None]
-        Un = np.empty((L, m + 1, H + 1), dt)
-        En = np.empty((L, m + 1, H + 1), dt)
-        Un[:, :, 0] = 0
-        En[:, :, 0] = 0
-        best = np.repeat(pc, H, axis=1)  # the posterior mean is the rate of "pull once, then retire"
-        chunk = max(1, (1 << 20) // (4 * (m + 1) * H))  # lam chunks of ~1 MB per array: cache-friendly
-        for j0 in range(0, L, chunk):
-            j1 = min(L, j0 + chunk)
-            lam = lams[j0:j1, None, None]
-            adv = Un[j0:j1, :, 1:]  # continuation advantage: p - lam + p U(a+1, b) + (1-p) U(a, b+1)
-            np.subtract(U[j0:j1, 1:, :], U[j0:j1, :-1, :], out=adv)
-            adv *= pc
-            adv += U[j0:j1, :-1, :]
-            adv += (p[None, :, None] - lam).astype(dt)
-            tau = En[j0:j1, :, 1:]  # expected pulls when pulling now: 1 + p E(a+1, b) + (1-p) E(a, b+1)
-            np.subtract(E[j0:j1, 1:, :], E[j0:j1, :-1, :], out=tau)
-            tau *= pc
-            tau += E[j0:j1, :-1, :]
-            tau += 1
-            rate = adv / tau  # = E[R]/E[tau] - lam for the rule that is optimal at lam
-            rate += lam.astype(dt)
-            np.maximum(best, rate.max(axis=0), out=best)
-            # retire (advantage 0, no more pulls) unless pulling is at least as good; ties (a state whose
-            # index is this very grid lam, e.g. a posterior mean 0.505) count as pulling, up to float32
-            # rounding, so that the rule is the one optimal just below the grid point
-            keep = adv > -1e-5
-            adv *= keep
-            tau *= keep
+        U, E, best = _gittins_layer(U, E, lams, m, n)
         values[offsets[m]:offsets[m + 1]] = best.ravel()
-        U, E = Un, En
     return GittinsTable(n, L, values, offsets, time.perf_counter() - t0)
+
+
+def _gittins_layer(U: np.ndarray, E: np.ndarray, lams: np.ndarray, m: int, n: int):
+    """One backward step of :func:`gittins_table`'s DP: from layer m + 1's (U, E) over (lam,
+    successes, pulls left) to layer m's, and the best rate of every state of layer m."""
+    dt = U.dtype
+    L, H = len(lams), n - m
+    p = (1.0 + np.arange(m + 1)) / (2.0 + m)
+    pc = p.astype(dt)[:, None]
+    Un = np.empty((L, m + 1, H + 1), dt)
+    En = np.empty((L, m + 1, H + 1), dt)
+    Un[:, :, 0] = 0
+    En[:, :, 0] = 0
+    best = np.repeat(pc, H, axis=1)  # the posterior mean is the rate of "pull once, then retire"
+    chunk = max(1, (1 << 20) // (4 * (m + 1) * H))  # lam chunks of ~1 MB per array: cache-friendly
+    for j0 in range(0, L, chunk):
+        j1 = min(L, j0 + chunk)
+        lam = lams[j0:j1, None, None]
+        adv = Un[j0:j1, :, 1:]  # continuation advantage: p - lam + p U(a+1, b) + (1-p) U(a, b+1)
+        np.subtract(U[j0:j1, 1:, :], U[j0:j1, :-1, :], out=adv)
+        adv *= pc
+        adv += U[j0:j1, :-1, :]
+        adv += (p[None, :, None] - lam).astype(dt)
+        tau = En[j0:j1, :, 1:]  # expected pulls when pulling now: 1 + p E(a+1, b) + (1-p) E(a, b+1)
+        np.subtract(E[j0:j1, 1:, :], E[j0:j1, :-1, :], out=tau)
+        tau *= pc
+        tau += E[j0:j1, :-1, :]
+        tau += 1
+        rate = adv / tau  # = E[R]/E[tau] - lam for the rule that is optimal at lam
+        rate += lam.astype(dt)
+        np.maximum(best, rate.max(axis=0), out=best)
+        # retire (advantage 0, no more pulls) unless pulling is at least as good; ties (a state whose
+        # index is this very grid lam, e.g. a posterior mean 0.505) count as pulling, up to float32
+        # rounding, so that the rule is the one optimal just below the grid point
+        keep = adv > -1e-5
+        adv *= keep
+        tau *= keep
+    return Un, En, best
 
 
 def bandit_gittins(means: np.ndarray, pulls: int, seed: int = 0) -> np.ndarray:
