@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -153,8 +154,16 @@ class MetricsLogger:
 
 
 class RunDir:
-    def __init__(self, path: Union[str, Path]):
-        self.path = Path(path)
+    """A run folder. ``location`` is where it lives (a path or a URI); ``path`` is the local
+    folder written to (the location itself, or a staging folder published to a URI at every
+    checkpoint: :mod:`distmeta.storage`)."""
+
+    def __init__(self, path: Union[str, Path], remote=None):
+        from distmeta.storage import staging_dir
+
+        self.remote = remote
+        self.location = remote.uri if remote is not None else str(path)
+        self.path = staging_dir(remote.uri) if remote is not None else Path(path)
 
     @property
     def checkpoints(self) -> Path:
@@ -162,11 +171,23 @@ class RunDir:
 
     @classmethod
     def create(cls, path: Union[str, Path], config: Dict[str, Any]) -> "RunDir":
-        run = cls(path)
+        from distmeta.storage import Remote, is_uri
+
+        run = cls(path, Remote(path) if is_uri(path) else None)
+        if run.remote is not None:
+            shutil.rmtree(run.path, ignore_errors=True)   # a new run: nothing stale from an old staging folder
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_config(config)
         (run.path / "provenance.json").write_text(json.dumps(provenance(), indent=2))
+        run.publish()
         return run
+
+    def publish(self, checkpoint: Optional[Path] = None, extra=None, removed=None) -> None:
+        """Bring a URI run's location up to date (commit order: files, checkpoint, marker)."""
+        if self.remote is not None:
+            from distmeta.storage import publish
+
+            publish(self.remote, self.path, checkpoint, extra, removed)
 
     def write_config(self, config: Dict[str, Any]) -> None:
         """Record the resolved config (also on resume, where resumable fields may change)."""
@@ -174,11 +195,21 @@ class RunDir:
 
     @classmethod
     def exists(cls, path: Optional[Union[str, Path]]) -> bool:
-        """Whether ``path`` already holds a run folder."""
-        return path is not None and (Path(path) / "config.yaml").is_file()
+        """Whether ``path`` (a folder or a URI) already holds a run folder."""
+        from distmeta.storage import Remote, is_uri
+
+        if path is None:
+            return False
+        return Remote(path).exists("config.yaml") if is_uri(path) else (Path(path) / "config.yaml").is_file()
 
     @classmethod
     def open(cls, path: Union[str, Path]) -> "RunDir":
+        """An existing run; a URI run is fetched (files and committed checkpoints) into staging."""
+        from distmeta.storage import Remote, fetch, is_uri
+
+        if is_uri(path):
+            fetch(path)
+            return cls(path, Remote(path))
         run = cls(path)
         if not (run.path / "config.yaml").is_file():
             raise CheckpointError(f"{path}: not a distmeta run folder (no config.yaml)")
@@ -192,6 +223,7 @@ class RunDir:
         out = self.path / name
         text = json.dumps(finite_or_none(data), indent=2, allow_nan=False)
         atomic_write_bytes(out, lambda fh: fh.write(text.encode()))
+        self.publish()
         return out
 
     # -- checkpoints -------------------------------------------------------
@@ -209,14 +241,18 @@ class RunDir:
         state = {**state, "step": step, "format": CHECKPOINT_FORMAT}
         path = self.checkpoints / f"step_{step:07d}.pt"
         atomic_write_bytes(path, lambda fh: torch.save(state, fh))
-        for old in self.checkpoint_paths()[:-keep_last]:
-            old.unlink()
+        removed = [old.name for old in self.checkpoint_paths()[:-keep_last]]
+        for name in removed:
+            (self.checkpoints / name).unlink()
+        extra = []
         if score is not None and math.isfinite(score):
             best_meta = self.checkpoints / "best.json"
             best = json.loads(best_meta.read_text())["score"] if best_meta.exists() else -math.inf
             if score >= best:
                 atomic_write_bytes(self.checkpoints / "best.pt", lambda fh: torch.save(state, fh))
                 atomic_write_bytes(best_meta, lambda fh: fh.write(json.dumps({"score": score, "step": step}).encode()))
+                extra = ["best.pt", "best.json"]
+        self.publish(path, extra, removed)
         return path
 
 
@@ -240,6 +276,10 @@ def load_run_checkpoint(path: Union[str, Path], which: str = "final") -> tuple:
     checkpoint is skipped with a warning for the next older one that loads."""
     import warnings
 
+    from distmeta.storage import is_uri
+
+    if is_uri(path):
+        path = RunDir.open(path).path
     path = Path(path)
     if path.is_file():
         return _load_file(path), path.name
@@ -268,7 +308,8 @@ def load_run_checkpoint(path: Union[str, Path], which: str = "final") -> tuple:
 def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     """Load a checkpoint file, or a run folder's newest loadable one, safely
     (``weights_only=True``: it never executes code) or raise CheckpointError."""
-    path = Path(path)
-    if not path.exists():
+    from distmeta.storage import is_uri
+
+    if not is_uri(path) and not Path(path).exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     return load_run_checkpoint(path)[0]

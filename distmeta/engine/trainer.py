@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ from distmeta.config import ExperimentConfig, from_dict, load_config
 from distmeta.engine.run_dir import CheckpointError, MetricsLogger, RunDir, load_checkpoint
 from distmeta.errors import DistmetaError, NonFiniteError
 from distmeta.method import method_class, method_key
+from distmeta.storage import is_uri
 
 log = logging.getLogger("distmeta")
 
@@ -95,26 +97,40 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def default_run_dir(cfg: ExperimentConfig) -> Path:
-    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_run_dir(cfg: ExperimentConfig):
+    """``$DISTMETA_RUNS/<name>-<time>`` (a folder or a URI every node reaches, set once per
+    cluster), else ``runs/<name>-<time>``."""
+    leaf = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = os.environ.get("DISTMETA_RUNS")
+    if base and is_uri(base):
+        return f"{base.rstrip('/')}/{leaf}"
+    return Path(base or "runs") / leaf
+
+
+def _same_place(a, b) -> bool:
+    if is_uri(str(a)) or is_uri(str(b)):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _resolve_resume(resume, out, config) -> tuple:
-    """Return (run folder, config, checkpoint or None)."""
+    """Return (opened run folder or None, config, checkpoint or None)."""
     if resume in (None, False, ""):
-        return out, config, None
+        return None, config, None
     if resume == "auto":
         if out is None:
             raise DistmetaError("--resume auto needs --out RUN_DIR (the folder a retried job writes to)")
-        if RunDir(out).latest_checkpoint() is None:
-            return out, config, None
+        if not RunDir.exists(out):
+            return None, config, None
         resume = out
-    elif out is not None and Path(out).resolve() != Path(resume).resolve():
+    elif out is not None and not _same_place(out, resume):
         raise DistmetaError(f"--resume {resume} continues that run in place; drop --out {out}")
-    run = RunDir.open(resume)
+    run = RunDir.open(str(resume) if is_uri(str(resume)) else resume)
     if run.latest_checkpoint() is None:
+        if out is not None and resume == out:   # --resume auto on a run that never checkpointed
+            return None, config, None
         raise CheckpointError(f"{resume}: no checkpoint to resume from")
-    return Path(resume), (config if config is not None else run.config_dict()), load_checkpoint(run.path)
+    return run, (config if config is not None else run.config_dict()), load_checkpoint(run.path)
 
 
 def train(config=None, out=None, steps: Optional[int] = None, resume=None, progress: Optional[bool] = None,
@@ -124,7 +140,7 @@ def train(config=None, out=None, steps: Optional[int] = None, resume=None, progr
     methods). ``reporter(iteration, metrics, checkpoint_fn)`` is called after every validation
     (Tune reports and checkpoints there; ``checkpoint_fn()`` returns a whole checkpoint);
     ``initial_state`` starts from such a checkpoint instead of from scratch."""
-    out, config, ckpt = _resolve_resume(resume, out, config)
+    run, config, ckpt = _resolve_resume(resume, out, config)
     if config is None:
         raise DistmetaError("train needs a config (or --resume RUN_DIR)")
     cfg = as_config(config)
@@ -133,22 +149,25 @@ def train(config=None, out=None, steps: Optional[int] = None, resume=None, progr
     ckpt = ckpt if ckpt is not None else initial_state
     if ckpt is not None:
         check_compatible(ckpt["config"], cfg.to_dict())
-    if out is not None and ckpt is None and resume in (None, False, "") and RunDir.exists(out):
-        raise DistmetaError(f"--out {out}: a run folder already exists there; continue it with --resume {out} "
-                            f"or choose a new --out")
+    if run is None and ckpt is None and RunDir.exists(out):
+        if resume != "auto":
+            raise DistmetaError(f"--out {out}: a run folder already exists there; continue it with --resume {out} "
+                                f"or choose a new --out")
     build = method_class(cfg).build
     method = build(cfg, engine_factory) if engine_factory is not None else build(cfg)
     try:
         if ckpt is not None:
             method.load(ckpt["state"])
-        run = RunDir.open(out) if RunDir.exists(out) else RunDir.create(out or default_run_dir(cfg), cfg.to_dict())
+        if run is None:
+            run = RunDir.open(out) if (initial_state is not None and RunDir.exists(out)) else \
+                RunDir.create(out or default_run_dir(cfg), cfg.to_dict())
         run.write_config(cfg.to_dict())
         loop = RunLoop(cfg, method, run, progress, reporter, max_iterations=steps if cfg.rl is not None else None)
         status = loop.run(ckpt.get("loop", {}) if ckpt else {})
         metrics = loop.finish() if status == "finished" else {}
     finally:
         method.close()
-    return RunResult(run.path, method.iteration, metrics, status)
+    return RunResult(run.path if run.remote is None else run.location, method.iteration, metrics, status)
 
 
 class RunLoop:
@@ -182,7 +201,7 @@ class RunLoop:
                     self._checkpoint(row.get("val_score"))
                 if stop.requested:
                     print(f"distmeta: stopped at iteration {it} ({stop.requested}); resume with "
-                          f"`distmeta train --resume {self.run_dir.path}`", file=sys.stderr)
+                          f"`distmeta train --resume {self.run_dir.location}`", file=sys.stderr)
                     return "interrupted"
         return "finished"
 
@@ -262,7 +281,8 @@ class RunLoop:
             m.artifacts(self.run_dir.path, self.logger.rows)
         except Exception as exc:  # plotting must never lose a finished run
             log.warning("plotting failed: %s", exc)
-        print_summary(self.run_dir.path, m, final)
+        self.run_dir.publish()
+        print_summary(self.run_dir.location, m, final)
         return final
 
 
