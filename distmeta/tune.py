@@ -41,6 +41,7 @@ import yaml
 from distmeta.config import ConfigError, apply_overrides, from_dict, load_config_dict, reported_metrics
 from distmeta.engine.run_dir import CHECKPOINT_FORMAT
 from distmeta.schema import TuneConfig
+from distmeta.storage import is_uri
 from distmeta.errors import DistmetaError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -147,8 +148,11 @@ def build_tuner(data: Dict[str, Any], out: Optional[str] = None):
                              max_concurrent_trials=tc.max_concurrent or None)
     storage, name = storage_and_name(out, cfg.name)
     run_cfg = RunConfig(name=name, storage_path=storage, stop=tc.stop or None, verbose=1,
-                        # PBT clones other trials' checkpoints: keep them all there
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if tc.scheduler == "pbt" else 4))
+                        # Every trial checkpoint is kept (a learner state: small). Tune writes its experiment
+                        # snapshot at most every ~10 s, so with rotation (num_to_keep) a kill between a
+                        # rotation and the next snapshot leaves a snapshot naming a deleted checkpoint and
+                        # --resume fails; PBT also clones other trials' checkpoints.
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=None))
     return tune.Tuner(trainable, param_space=param_space(tc), tune_config=tune_cfg, run_config=run_cfg), metric, mode
 
 
@@ -156,7 +160,7 @@ def storage_and_name(out: Optional[str], name: str):
     """Tune's storage path (a folder or a URI such as s3://bucket/path) and experiment name."""
     if not out:
         return str(Path("runs").resolve()), f"tune-{name}"
-    if "://" in out:
+    if is_uri(out):
         parent, _, leaf = out.rstrip("/").rpartition("/")
         return parent, leaf
     p = Path(out).resolve()
@@ -195,7 +199,7 @@ def make_searcher(tc: TuneConfig, metric: str, mode: str):
                             f"pip install 'distmeta[tune-search]' ({exc})") from None
 
 
-def export_best(checkpoint_dir: Path, out: Path) -> Path:
+def export_best(checkpoint_dir: Path, out: str) -> str:
     """Write a trial checkpoint as a distmeta run folder (readable by ``distmeta.load``/``eval``)."""
     from distmeta.engine.run_dir import RunDir
 
@@ -203,11 +207,11 @@ def export_best(checkpoint_dir: Path, out: Path) -> Path:
     export = RunDir.create(out, state["config"])
     export.save_checkpoint({k: v for k, v in state.items() if k not in ("step", "format")}, int(state["step"]),
                            keep_last=1)
-    return export.path
+    return export.location
 
 
-def summarize(results, metric: str, mode: str, out_dir: Path, base: Optional[Dict[str, Any]] = None
-              ) -> Dict[str, Any]:
+def summarize(results, metric: str, mode: str, out_dir: Path, location: str,
+              base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Table of trials, best checkpoint exported as a distmeta run folder, curves plot."""
     rows = []
     for r in results:
@@ -227,11 +231,16 @@ def summarize(results, metric: str, mode: str, out_dir: Path, base: Optional[Dic
         best = None
     if best is not None and best.checkpoint is not None:
         with best.checkpoint.as_directory() as d:
-            path = export_best(Path(d), out_dir / "best")
+            path = export_best(Path(d), f"{location}/best")
         summary["best"] = {"config": best.config, metric: best.metrics.get(metric), "path": str(path)}
         print(f"best trial exported to {path} (distmeta eval {path})")
     plot_trials(rows, metric, out_dir / "trials.png")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    from distmeta.storage import Remote, is_uri
+
+    if is_uri(location):
+        for name in ("trials.png", "summary.json"):
+            Remote(location).upload(out_dir / name, name)
     return summary
 
 
@@ -258,38 +267,63 @@ def plot_trials(rows, metric: str, out: Path) -> None:
     plt.close(fig)
 
 
+def _read_search(location: str) -> Dict[str, Any]:
+    """The experiment a search folder (path or URI) was started with (``distmeta_tune.yaml``)."""
+    from distmeta.storage import Remote, is_uri
+
+    name = "distmeta_tune.yaml"
+    if is_uri(location):
+        remote = Remote(location)
+        text = remote.read_bytes(name).decode() if remote.exists(name) else None
+    else:
+        text = (Path(location) / name).read_text() if (Path(location) / name).is_file() else None
+    if text is None:
+        raise DistmetaError(f"--resume {location}: not a distmeta tune folder (no {name})")
+    return yaml.safe_load(text)
+
+
+def _write_search(location: str, data: Dict[str, Any]) -> Path:
+    """Record the experiment in the search folder; return the local folder for the summary."""
+    from distmeta.storage import Remote, is_uri, staging_dir
+
+    text = yaml.safe_dump(data, sort_keys=False)
+    if is_uri(location):
+        Remote(location).write_bytes("distmeta_tune.yaml", text.encode())
+        local = staging_dir(location)
+    else:
+        local = Path(location)
+        (local / "distmeta_tune.yaml").parent.mkdir(parents=True, exist_ok=True)
+        (local / "distmeta_tune.yaml").write_text(text)
+    local.mkdir(parents=True, exist_ok=True)
+    return local
+
+
 def run_tune(config_path: Optional[str], overrides: List[str], out: Optional[str] = None,
              resume: Optional[str] = None, address: Optional[str] = None) -> Dict[str, Any]:
+    """Run (or with ``resume``, continue) a search whose folder is a path or a storage URI:
+    Tune's ``storage_path`` follows it, so trials on several nodes checkpoint to the same place
+    and ``--resume URI`` continues from another machine."""
     from ray import tune
 
-    from distmeta.address import connect_ray as connect
+    from distmeta.address import connect_ray
 
     if resume:
-        meta = Path(resume) / "distmeta_tune.yaml"
-        if not meta.is_file():
-            raise DistmetaError(f"--resume {resume}: not a distmeta tune folder (no distmeta_tune.yaml)")
-        data = yaml.safe_load(meta.read_text())
-        out = resume
+        data, out = _read_search(resume), resume
+    elif not config_path:
+        raise DistmetaError("tune: give a CONFIG (or --resume DIR)")
     else:
-        if not config_path:
-            raise DistmetaError("tune: give a CONFIG (or --resume DIR)")
         data = load_config_dict(config_path, overrides)
     tuner, metric, mode = build_tuner(data, out)   # validates before Ray starts
-    started = connect(address or data.get("engine", {}).get("address"))
+    started = connect_ray(address or data.get("engine", {}).get("address"))
     storage, name = storage_and_name(out, data.get("name", "experiment"))
-    exp_dir = Path(storage) / name if "://" not in storage else Path("runs") / name
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / "distmeta_tune.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    location = f"{storage.rstrip('/')}/{name}"
+    local = _write_search(location, data)
     try:
         if resume:
-            from distmeta.tune_resume import refill_rotated_checkpoints
-
-            for note in refill_rotated_checkpoints(exp_dir):
-                print(note, flush=True)
-            tuner = tune.Tuner.restore(str(exp_dir), trainable=make_trainable(data), resume_unfinished=True,
+            tuner = tune.Tuner.restore(location, trainable=make_trainable(data), resume_unfinished=True,
                                        resume_errored=True)
         results = tuner.fit()
-        return summarize(results, metric, mode, exp_dir, {k: v for k, v in data.items() if k != "tune"})
+        return summarize(results, metric, mode, local, location, {k: v for k, v in data.items() if k != "tune"})
     finally:
         if started:
             import ray

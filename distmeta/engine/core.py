@@ -76,10 +76,9 @@ def load_datasets(cfg: ExperimentConfig):
 
 
 def meta_batch_gradient(algorithm, model, params, buffers, tasks: List[Dict[str, torch.Tensor]],
-                        executor: str, on_task=None) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+                        executor: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """Sum over ``tasks`` of ``algorithm.task_gradient`` (accumulated in float64), as a
-    Python loop or one vmap. ``on_task(k)`` is called before the k-th task of the loop
-    (fault injection)."""
+    Python loop or one vmap."""
     f64 = torch.float64
     if executor == "vmap":
         fn = torch.func.vmap(lambda task: algorithm.task_gradient(model, params, buffers, task),
@@ -89,9 +88,7 @@ def meta_batch_gradient(algorithm, model, params, buffers, tasks: List[Dict[str,
                 {k: m.to(f64).sum(0) for k, m in metrics.items()})
     grad_sum: Dict[str, torch.Tensor] = {}
     metric_sum: Dict[str, torch.Tensor] = {}
-    for k, task in enumerate(tasks):
-        if on_task is not None:
-            on_task(k)
+    for task in tasks:
         grads, metrics = algorithm.task_gradient(model, params, buffers, task)
         for name, g in grads.items():
             grad_sum[name] = grad_sum[name] + g.to(f64) if name in grad_sum else g.to(f64)

@@ -98,7 +98,7 @@ class SupervisedMethod:
         learner.apply(grad_sum / count)
         step_time = time.perf_counter() - t0
         times = {"step": step_time, **timing}
-        if getattr(self.engine, "splits_time", False):  # the learner's own share of a Ray step
+        if self.engine.splits_time:  # the learner's own share of a Ray step
             times["learner"] = max(step_time - sum(timing.values()), 0.0)
         return {**metrics, "lr": learner.learning_rate(t), "work": float(count),
                 **{f"time_{k}_s": v for k, v in times.items()}}
