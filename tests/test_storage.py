@@ -119,3 +119,44 @@ def test_out_on_an_existing_bucket_run_is_refused(s3, tmp_path, capsys):
     cfg_file.write_text(yaml.safe_dump(SIN))
     assert cli.main(["train", str(cfg_file), "--out", uri]) == 2
     assert "a run folder already exists there" in capsys.readouterr().err
+
+
+TUNE = {**SIN, "name": "s3tune", "optim": {**SIN["optim"], "steps": 120},
+        "eval": {"every": 10, "episodes": 4, "final_episodes": 4}, "checkpoint": {"every": 1000},
+        "engine": {"workers": 0, "learner_num_cpus": 0.5},
+        "tune": {"space": {"optim.lr": {"grid": [0.001, 0.002]}}, "metric": "mse", "mode": "min",
+                 "max_concurrent": 1}}
+
+
+@pytest.mark.ray
+def test_tune_search_writes_to_the_bucket_and_resumes_there(s3, tmp_path):
+    """Trials checkpoint to the bucket (Tune's storage_path follows --out); a search killed with
+    SIGKILL resumes from the bucket URI alone and both trials finish all their steps."""
+    import json
+
+    cfg_file = tmp_path / "tune.yaml"
+    cfg_file.write_text(yaml.safe_dump(TUNE))
+    uri = "s3://bkt/searches/s3tune"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "distmeta.cli", "tune", str(cfg_file), "--out", uri],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    remote = Remote(uri)
+
+    def snapshot_names_a_checkpoint():
+        names = [n for n in remote.list("") if n.startswith("experiment_state")]
+        return any("checkpoint_0000" in remote.read_bytes(n).decode(errors="ignore") for n in names)
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not snapshot_names_a_checkpoint():
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert snapshot_names_a_checkpoint(), "the search never checkpointed to the bucket"
+    resumed = subprocess.run([sys.executable, "-m", "distmeta.cli", "tune", "--resume", uri],
+                             capture_output=True, text=True, env=env, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    summary = json.loads(remote.read_bytes("summary.json"))
+    assert len(summary["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in summary["trials"])
+    best = summary["best"]["path"]
+    assert best.startswith(uri) and load_checkpoint(best)["step"] == 120
