@@ -60,6 +60,7 @@ class DataConfig(Section):
     preset: Optional[Literal["maml", "official", "minimal"]] = Field(
         None, description="Omniglot split preset (overrides train/val/test)")
     download: Bool = Field(True, description="download missing files (MD5-checked)")
+    verify_md5: Bool = Field(True, description="MD5-check existing official zips (once per file, cached)")
     base_url: Optional[str] = Field(None, description="mirror to download from")
     seed: Int = Field(0, description="seed of computed splits (the MAML split)")
     train: SplitSpec = Field(default_factory=SplitSpec, description="classes of the training split")

@@ -158,8 +158,11 @@ def test_corrupt_zip(tmp_path, omniglot_dir):
     root.mkdir()
     (root / "images_background_small1.zip").write_bytes(b"PK\x03\x04 this is not really a zip" * 10)
     shutil.copy(omniglot_dir / "images_background_small2.zip", root)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError) as info:   # an existing official zip is MD5-checked first
         distmeta.train(omniglot(root), out=tmp_path / "run", progress=False)
+    one_line_error(info, "images_background_small1.zip", "MD5", "differs from the official")
+    with pytest.raises(DataError) as info:   # and without the check, the reader says it in one line
+        distmeta.train(omniglot(root, data={"verify_md5": False}), out=tmp_path / "run2", progress=False)
     one_line_error(info, "images_background_small1.zip", "not a readable zip")
 
 

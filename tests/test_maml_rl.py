@@ -1,16 +1,22 @@
-"""MAML-RL: the meta-gradient against a hand computation through the inner
-policy-gradient step, multi-learner averaging, and a short learning run on 2D
-navigation."""
+"""MAML-RL: the meta-gradient against a hand computation through the inner policy-gradient
+step; the RLlib Algorithm end to end (EnvRunner sampling of meta-batch shards, Learners
+averaging meta-gradients): the config builder, 1 vs 2 EnvRunners, a SIGKILLed EnvRunner,
+several Learners, evaluation per inner step, the Method's state round trip and a short
+learning check on 2D navigation."""
 from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from distmeta.config import ExperimentConfig, _build
-from distmeta.rl.config import MAMLSection
-from distmeta.rl.maml_rl import (Batch, LearnerPool, TaskData, adapt, evaluate_params, flatten, init_policy,
-                                 log_prob, meta_gradient, PolicySpec, TaskSampler)
+from distmeta.rl.maml_rl import (Batch, PolicySpec, SampleSpec, TaskData, TaskEnvPool, adapt, flatten, init_policy,
+                                 log_prob, meta_gradient, sample_tasks, seed_for)
+from distmeta.schema import MAMLSection
 
 
 def _fixed_batch(rng, n, obs_dim, act_dim, W):
@@ -96,101 +102,245 @@ def test_meta_gradient_matches_autograd_through_two_inner_steps():
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.ray
-def test_multi_learner_copies_stay_identical(ray_session):
-    """Two learner actors, each with half of the meta-batch: after the averaged steps both copies
-    hold bit-identical parameters, equal (up to float summation order) to one learner on all tasks."""
-    sampler = TaskSampler("point_nav", {"horizon": 10})
-    spec = PolicySpec(sampler.obs_dim, sampler.act_dim, [8])
-    params = init_policy(spec, 0)
-    from distmeta.rl.maml_rl import collect_task_data
-
-    m = MAMLSection(meta_batch=4, episodes_per_task=3, outer_lr=0.01)
-    tasks = sampler._get_envs(1)[0].sample_tasks(4, 0)
-    data, _ = collect_task_data(sampler, params, tasks, m, 1, seed=0)
-    one, two = LearnerPool(params, m, False, 1), LearnerPool(params, m, False, 2)
-    for _ in range(3):
-        one.step(data)
-        two.step(data)
-    flats = two.all_flat()
-    assert len(flats) == 2 and torch.equal(flats[0], flats[1])
-    torch.testing.assert_close(flats[0], one.all_flat()[0], rtol=1e-5, atol=1e-6)
-    assert not torch.equal(flats[0], flatten(params))  # they did move
-    two.close()
+def test_sampling_depends_on_the_task_only():
+    """A task's episodes, inner step and data are the same whatever shard or chunk it is sampled in
+    (seeds per task and phase, per-task noise in the batched forward)."""
+    pool = TaskEnvPool("point_nav", {"horizon": 8})
+    params = init_policy(PolicySpec(2, 2, [8], init_log_std=-1.0), 0)
+    tasks = pool.get(1)[0].unwrapped.sample_tasks(4, 0)
+    seeds = [seed_for(0, 0, 1, i) for i in range(4)]
+    spec = SampleSpec(episodes=3, inner_steps=1, inner_lr=0.1)
+    whole = sample_tasks(pool, params, tasks, [0, 1, 2, 3], seeds, spec, width=12)
+    part = sample_tasks(TaskEnvPool("point_nav", {"horizon": 8}), params, tasks[2:], [2, 3], seeds[2:], spec, width=3)
+    for a, b in zip(whole[2:], part):
+        assert a.index == b.index and a.env_steps == b.env_steps == 2 * 3 * 8
+        np.testing.assert_allclose(a.returns, b.returns, rtol=0, atol=1e-6)
+        for x, y in zip([*a.data.inner, a.data.outer], [*b.data.inner, b.data.outer]):
+            torch.testing.assert_close(x.obs, y.obs, rtol=0, atol=1e-6)
+            torch.testing.assert_close(x.logp_old, y.logp_old, rtol=0, atol=1e-5)
+    assert not np.allclose(whole[0].returns, whole[1].returns)  # different tasks: different data
 
 
-def test_maml_rl_learns_point_navigation(tmp_path):
-    """~20 s of MAML-RL on 2D navigation: on 40 held-out goals, the return after one inner step
-    beats the pre-adaptation return and the untrained policy (before and after one inner step)
-    by >= 2 standard errors of the paired per-goal difference."""
-    from distmeta.engine.run_dir import load_checkpoint
-    from distmeta.rl import train_rl
-    from distmeta.rl.config import parse_rl
-    from distmeta.rl.runner import held_out_tasks
+# -- the RLlib Algorithm --------------------------------------------------------------------------
+TINY = dict(meta_batch=4, episodes_per_task=3, inner_lr=0.1, hidden=[8], init_log_std=-1.0, outer_epochs=2,
+            outer_lr=0.01)
 
-    rl = {"algorithm": "maml_rl", "env": "point_nav", "env_steps": 400000, "eval_tasks": 40, "baselines": False,
-          "maml": {"meta_batch": 10, "episodes_per_task": 10, "inner_lr": 0.1, "hidden": [32, 32],
-                   "init_log_std": -2.0, "outer_lr": 0.003, "outer_epochs": 5, "eval_inner_steps": 1}}
-    cfg = _build(ExperimentConfig, {"name": "t", "seed": 0, "log_every": 5, "checkpoint": {"every": 10},
-                                    "rl": rl}, "")
-    out = train_rl(cfg, tmp_path / "run")
-    assert set(out["mean_return_by_inner_steps"]) == {"0", "1"} and out["tasks"] == 40
-    parsed = parse_rl(rl)
-    _, goals = held_out_tasks(parsed)
-    sampler = TaskSampler("point_nav", {})
-    trained = {k: torch.as_tensor(v) for k, v in
-               load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["learner"]["params"].items()}
-    spec = PolicySpec(sampler.obs_dim, sampler.act_dim, [32, 32], init_log_std=-2.0)
-    ev = evaluate_params(trained, sampler, goals, parsed.maml, 1, seed=5)
-    ev0 = evaluate_params(init_policy(spec, 0), sampler, goals, parsed.maml, 1, seed=5)
-    post = ev[:, 1]
-    for name, other in (("pre-adaptation", ev[:, 0]), ("untrained", ev0[:, 0]),
-                        ("untrained + 1 step", ev0[:, 1])):
-        diff = post - other
-        se = diff.std(ddof=1) / np.sqrt(len(diff))
-        assert diff.mean() >= 2 * se, (name, diff.mean(), se)
+
+def _config(runners: int = 0, learners: int = 0, horizon: int = 10, **training):
+    from distmeta.rl.maml_algorithm import MAMLRLConfig
+
+    return (MAMLRLConfig()
+            .environment("distmeta/PointNav-v0", env_config={"horizon": horizon})
+            .env_runners(num_env_runners=runners, num_envs_per_env_runner=6)
+            .learners(num_learners=learners, num_cpus_per_learner=0 if learners else "auto")
+            .training(**{**TINY, **training})
+            .fault_tolerance(restart_failed_env_runners=True, delay_between_env_runner_restarts_s=0.1)
+            .debugging(seed=0, log_level="ERROR"))
+
+
+def _flat(algo) -> torch.Tensor:
+    return flatten(algo.get_params())
 
 
 @pytest.mark.ray
-def test_rllib_mamlrl_algorithm_two_learners(ray_session, tmp_path):
-    """MAML-RL through the RLlib Algorithm (EnvRunner sampling, task set on EnvRunners,
-    adapted weights pushed per task) with two RLlib Learners: after meta-steps both Learner
-    copies are bit-identical, they moved, and the EnvRunner holds the meta-parameters again."""
-    from distmeta.rl.config import parse_rl
-    from distmeta.rl.maml_algorithm import _AlgoPoolView, _single, build_maml_config, load_pool_state
-    from distmeta.rl.runner import to_plain
-
-    rl = parse_rl({"algorithm": "maml_rl", "env": "point_nav", "env_config": {"horizon": 20}, "num_learners": 2,
-                   "maml": {"meta_batch": 4, "episodes_per_task": 3, "hidden": [8], "init_log_std": -2.0,
-                            "outer_epochs": 2, "sampler": "env_runners"}})
-    algo = build_maml_config(rl, 0).learners(num_learners=2, num_cpus_per_learner=0).build_algo()
+def test_config_builder_trains_one_iteration(ray_session):
+    """The RLlib way: MAMLRLConfig().environment().env_runners().learners().training().build_algo()."""
+    algo = _config(runners=1).build_algo()
     try:
-        before = algo.learner_flats()
+        before = _flat(algo)
         result = algo.train()
-        algo.train()
+        assert result["env_steps"] == 2 * 4 * 3 * 10  # pre + post episodes of 4 tasks x 3 episodes x 10 steps
         assert np.isfinite(result["pre_adapt_return"]) and np.isfinite(result["post_adapt_return"])
-        flats = algo.learner_flats()
-        assert len(flats) == 2 and torch.equal(flats[0], flats[1])
-        assert not torch.equal(flats[0], before[0])
-        runner_params = flatten({k: v.detach() for k, v in
-                                 _single(algo.env_runner.module).functional_params().items()})
-        torch.testing.assert_close(runner_params, flats[0])
-        saved = to_plain(_AlgoPoolView(algo).state())
+        assert not torch.equal(_flat(algo), before)
+        # the EnvRunners' RLModule follows the Learner (RLlib-side users see the meta-parameters)
+        from distmeta.rl.maml_algorithm import _single
+
+        module = flatten({k: v.detach() for k, v in _single(algo.get_module()).functional_params().items()})
+        torch.testing.assert_close(module, _flat(algo))
     finally:
         algo.stop()
-    # a resumed run gets the parameters and the Adam moments back, not a fresh optimizer
-    assert saved["optimizer"]["state"], "the checkpoint holds no optimizer state"
-    again = build_maml_config(rl, 1).learners(num_learners=1, num_cpus_per_learner=0).build_algo()
+
+
+# 1 vs 2 runners and the fault test: a sampling call long enough (~0.2 s) to be killed in
+FAULT = dict(horizon=100, episodes_per_task=10)
+
+
+@pytest.fixture(scope="module")
+def one_runner_params(ray_session):
+    """Fault-free reference: 5 iterations sampled by one remote EnvRunner."""
+    algo = _config(runners=1, **FAULT).build_algo()
     try:
-        load_pool_state(again, saved)
-        restored = to_plain(_AlgoPoolView(again).state())
+        for _ in range(5):
+            algo.train()
+        return _flat(algo)
     finally:
-        again.stop()
-    torch.testing.assert_close(flatten(restored["params"]), flats[0])
-    for key, moments in saved["optimizer"]["state"].items():
-        for name, value in moments.items():
-            torch.testing.assert_close(torch.as_tensor(restored["optimizer"]["state"][key][name]),
-                                       torch.as_tensor(value))
+        algo.stop()
+
+
+@pytest.mark.ray
+def test_one_and_two_env_runners_give_the_same_parameters(one_runner_params):
+    algo = _config(runners=2, **FAULT).build_algo()
+    try:
+        for _ in range(5):
+            algo.train()
+        torch.testing.assert_close(_flat(algo), one_runner_params, rtol=0, atol=1e-5)
+    finally:
+        algo.stop()
+
+
+@pytest.mark.ray
+def test_sigkilled_env_runner_is_restarted_and_its_shard_resampled(one_runner_params):
+    """SIGKILL one of two EnvRunners while an iteration samples: RLlib drops its result, the
+    Algorithm sees the missing task indices, restores the runners and samples the shard again;
+    the run ends with the fault-free parameters and the runner comes back as a new process."""
+    algo = _config(runners=2, **FAULT).build_algo()
+    try:
+        algo.train()
+        algo.train()
+        pids = algo.env_runner_group.foreach_env_runner(lambda r: os.getpid(), local_env_runner=False)
+        assert len(pids) == 2
+        killer = threading.Timer(0.08, os.kill, (pids[0], signal.SIGKILL))  # while its shard samples
+        killer.start()
+        algo.train()
+        killer.join()
+        algo.train()
+        result = algo.train()
+        assert result["resampled_tasks_lifetime"] >= 1
+        torch.testing.assert_close(_flat(algo), one_runner_params, rtol=0, atol=1e-5)
+        group, deadline = algo.env_runner_group, time.time() + 90
+        while group.num_healthy_remote_env_runners() < 2 and time.time() < deadline:
+            algo.restore_env_runners(group)
+            time.sleep(0.5)
+        now = algo.env_runner_group.foreach_env_runner(lambda r: os.getpid(), local_env_runner=False)
+        assert len(now) == 2 and pids[0] not in now
+    finally:
+        algo.stop()
+
+
+@pytest.mark.ray
+def test_several_learners_stay_identical_and_equal_one_learner(ray_session):
+    """Two RLlib Learners, each with half of the meta-batch, average their meta-gradients through
+    foreach_learner: both copies hold bit-identical parameters, equal (up to float summation
+    order) to a single Learner on all tasks."""
+    one, two = _config(learners=0).build_algo(), _config(learners=2).build_algo()
+    try:
+        start = _flat(one)
+        for _ in range(3):
+            one.train()
+            two.train()
+        res = two.learner_group.foreach_learner(lambda learner: learner.distmeta_params())
+        copies = [flatten(r.get()) for r in res.result_or_errors]
+        assert len(copies) == 2 and torch.equal(copies[0], copies[1])
+        torch.testing.assert_close(copies[0], _flat(one), rtol=1e-5, atol=1e-6)
+        assert not torch.equal(copies[0], start)
+    finally:
+        one.stop()
+        two.stop()
+
+
+@pytest.mark.ray
+def test_evaluation_returns_per_inner_step(ray_session):
+    """evaluate_tasks: the mean episode return after 0..K inner steps per task, paired by seed:
+    the same tasks and seed give the same numbers."""
+    algo = _config(runners=1).build_algo()
+    try:
+        tasks = [{"goal": [0.3, -0.2]}, {"goal": [-0.4, 0.1]}, {"goal": [0.0, 0.45]}]
+        ev = algo.evaluate_tasks(tasks, 2, seed=3)
+        assert ev.shape == (3, 3) and np.isfinite(ev).all()
+        assert not np.allclose(ev[:, 0], ev[:, 2])  # the inner steps change the policy
+        np.testing.assert_array_equal(ev, algo.evaluate_tasks(tasks, 2, seed=3))
+    finally:
+        algo.stop()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_tune_runs_the_algorithm_like_any_rllib_algorithm(ray_session, tmp_path):
+    """tune.Tuner(MAMLRL, param_space=config): one trial, two iterations, the MAML metrics reported."""
+    from ray import tune
+
+    from distmeta.rl.maml_algorithm import MAMLRL
+
+    tuner = tune.Tuner(MAMLRL, param_space=_config(runners=1),
+                       run_config=tune.RunConfig(stop={"training_iteration": 2}, storage_path=str(tmp_path),
+                                                 verbose=0))
+    result = tuner.fit().get_best_result(metric="post_adapt_return", mode="max")
+    assert result.error is None and result.metrics["meta_iteration"] == 2
+    assert np.isfinite(result.metrics["post_adapt_return"])
+
+
+# -- the Method ----------------------------------------------------------------------------------
+def _method_cfg(**rl):
+    from distmeta.config import from_dict
+
+    maml = {"meta_batch": 3, "episodes_per_task": 2, "inner_lr": 0.1, "hidden": [8], "outer_epochs": 2,
+            "eval_inner_steps": 1, "init_log_std": -1.0}
+    return from_dict({"name": "maml_rl_test", "seed": 1, "eval": {"every": 1, "episodes": 4, "final_episodes": 5},
+                      "rl": {"algorithm": "maml_rl", "env": "point_nav", "env_config": {"horizon": 8},
+                             "env_steps": 4 * 3 * 2 * 8 * 2, "train_tasks": 10, "baselines": True,
+                             "maml": maml, **rl}})
+
+
+@pytest.mark.ray
+def test_method_state_round_trip_continues_identically(ray_session, tmp_path):
+    """state() after 2 iterations, loaded into a fresh method: 2 more iterations give the same
+    parameters as the uninterrupted run; the final step trains the baselines and the test
+    evaluation reports them with paired differences; artifacts write rl_curve.png."""
+    from distmeta.rl.maml_method import MAMLRLMethod
+
+    cfg = _method_cfg()
+    a = MAMLRLMethod.build(cfg)
+    b = MAMLRLMethod.build(cfg)
+    try:
+        rows = []
+        for _ in range(2):
+            rows.append(a.step())
+        saved = a.state()
+        b.load(saved)
+        while not a.done():
+            rows.append(a.step())
+            b.step()
+        assert a.iteration == b.iteration == 4 and rows[-1]["work"] == 3 * 2 * 8 * 2
+        torch.testing.assert_close(flatten(a.algo.get_params()), flatten(b.algo.get_params()), rtol=0, atol=0)
+        assert a.baselines_trained and b.baselines_trained
+        val = a.evaluate("val", 4)
+        assert val["tasks"] == 4 and set(val["mean_return_by_inner_steps"]) == {"0", "1"} and "ci95" in val
+        test = a.evaluate("test", None)
+        assert test["tasks"] == 5
+        assert {"pretrained", "pretrained_0_steps", "pretrained_best_lr", "oracle", "maml_0_steps"} <= set(
+            test["baselines"])
+        assert test["vs_pretrained"]["tasks"] == 5 and "vs_pretrained_best_lr" in test
+        assert test == b.evaluate("test", None)  # same params, same baselines, same tasks and seeds
+        rows[-1]["val_mean_return"] = val["mean_return"]
+        a.artifacts(tmp_path, rows)
+        assert (tmp_path / "rl_curve.png").stat().st_size > 0
+        torch.save(a.state(), tmp_path / "state.pt")
+        assert torch.load(tmp_path / "state.pt", weights_only=True)["maml"]["baselines"]["oracle"]["params"]
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.ray
+def test_maml_rl_learns_point_navigation(ray_session):
+    """A short run on 2D navigation (horizon 20): on 40 held-out goals the return after one
+    inner step beats the pre-adaptation return and the untrained policy after one inner step,
+    each by >= 2 standard errors of the paired per-goal difference."""
+    algo = _config(horizon=20, meta_batch=10, episodes_per_task=10, hidden=[32, 32], init_log_std=-2.0,
+                   outer_lr=0.003, outer_epochs=5).build_algo()
+    try:
+        untrained = algo.get_params()
+        for _ in range(25):
+            result = algo.train()
+        goals = [{"goal": [float(x), float(y)]} for x, y in np.random.default_rng(12345).uniform(-0.5, 0.5, (40, 2))]
+        ev = algo.evaluate_tasks(goals, 1, seed=5)
+        ev0 = algo.evaluate_tasks(goals, 1, seed=5, params=untrained)
+        for name, other in (("pre-adaptation", ev[:, 0]), ("untrained + 1 step", ev0[:, 1])):
+            diff = ev[:, 1] - other
+            se = diff.std(ddof=1) / np.sqrt(len(diff))
+            assert diff.mean() >= 2 * se, (name, diff.mean(), se, result["post_adapt_return"])
+    finally:
+        algo.stop()
 
 
 def test_paired_difference_against_its_formula():

@@ -289,16 +289,31 @@ def test_empty_address_follows_ray_address_and_local_stays_embedded():
 
 
 def test_resources_no_node_can_supply_fail_at_once(ray_session, omniglot_dir, tmp_path):
+    """On a cluster (here: the session's Ray named by its address) where no node could hold one
+    worker and no autoscaler could add one (``_autoscaler_could_fit`` reads Ray's private state),
+    the run fails at once."""
     t0 = time.monotonic()
+    gcs = ray_session.get_runtime_context().gcs_address
     with pytest.raises(DistmetaError, match="no node can hold a worker"):
-        train(omniglot_config(omniglot_dir, {"name": "protonet"}, 1, num_gpus=2), out=tmp_path / "g", progress=False)
+        train(omniglot_config(omniglot_dir, {"name": "protonet"}, 1, num_gpus=2, address=gcs), out=tmp_path / "g",
+              progress=False)
     assert time.monotonic() - t0 < 30
+
+
+def test_embedded_ray_smaller_than_the_workers_fails_at_once(ray_session, omniglot_dir, tmp_path):
+    """An embedded Ray has no autoscaler: more workers than it has CPUs fail at once, one line."""
+    cpus = int(ray_session.cluster_resources()["CPU"])
+    t0 = time.monotonic()
+    with pytest.raises(DistmetaError, match=rf"embedded Ray has \{{'CPU': {cpus}"):
+        train(omniglot_config(omniglot_dir, {"name": "protonet"}, cpus + 1), out=tmp_path / "e", progress=False)
+    assert time.monotonic() - t0 < 30 and not (tmp_path / "e").exists()
 
 
 def test_resources_busy_cluster_times_out_clearly(ray_session, omniglot_dir, tmp_path, caplog):
     cpus = int(ray_session.cluster_resources()["CPU"])
+    gcs = ray_session.get_runtime_context().gcs_address   # a cluster: an autoscaler might still add nodes
     with pytest.raises(DistmetaError, match="could not be placed within engine.placement_timeout_s"):
-        train(omniglot_config(omniglot_dir, {"name": "protonet"}, cpus + 1, placement_timeout_s=2),
+        train(omniglot_config(omniglot_dir, {"name": "protonet"}, cpus + 1, placement_timeout_s=2, address=gcs),
               out=tmp_path / "busy", progress=False)
     assert re.search(rf"waiting for resources .*: {cpus + 1} workers x \{{'CPU': 1\.0\}} .* free now", caplog.text)
 

@@ -71,16 +71,45 @@ def zip_stem(set_name: str) -> str:
 
 
 def ensure_zip(set_name: str, root: Optional[Union[str, Path]] = None, *, download: bool = False,
-               base_url: Optional[str] = None) -> Path:
-    """Path of the set's zip, downloading it first when missing and ``download`` is true."""
+               base_url: Optional[str] = None, verify: bool = True) -> Path:
+    """Path of the set's zip, downloading it first when missing and ``download`` is true;
+    an existing official zip is MD5-checked once (``verify``)."""
     stem, folder = zip_stem(set_name), resolve_root(root)
     path = folder / f"{stem}.zip"
     if path.is_file():
+        if verify:
+            verify_once(path, stem)
         return path
     if not download:
         raise DataError(f"{stem}.zip not found in {folder}: put the official file there "
                         f"({resolve_base_url(base_url)}/{stem}.zip) or allow downloading (data.download: true)")
     return fetch_omniglot(stem, folder, base_url)
+
+
+def verify_once(path: Path, stem: str) -> None:
+    """MD5-check an existing official zip once; the verified (size, mtime) is cached beside it
+    (``.<name>.md5ok``), so later runs do not hash it again. A mismatch is one line."""
+    from distmeta.data.download import OMNIGLOT_MD5, md5sum
+
+    expected = OMNIGLOT_MD5.get(stem)
+    if expected is None:
+        return
+    stat = path.stat()
+    stamp = f"{expected} {stat.st_size} {stat.st_mtime_ns}"
+    marker = path.with_name(f".{path.name}.md5ok")
+    try:
+        if marker.read_text() == stamp:
+            return
+    except OSError:
+        pass
+    actual = md5sum(path)
+    if actual != expected:
+        raise DataError(f"{path}: MD5 {actual} differs from the official {expected}; delete the file and "
+                        f"download it again")
+    try:
+        marker.write_text(stamp)
+    except OSError:  # a read-only data folder: verified again next time
+        pass
 
 
 def open_zip(path: Union[str, Path]) -> zipfile.ZipFile:
@@ -143,16 +172,16 @@ def _read_zip_cached(path: str, image_size: int, _mtime_ns: int, _size: int):
 
 
 def load_set(set_name: str, root: Optional[Union[str, Path]] = None, image_size: int = 28, *,
-             download: bool = False, base_url: Optional[str] = None) -> ImageClassDataset:
+             download: bool = False, base_url: Optional[str] = None, verify: bool = True) -> ImageClassDataset:
     """One official set by config name, e.g. ``load_set("background_small1", root)``."""
-    return read_zip(ensure_zip(set_name, root, download=download, base_url=base_url), image_size)
+    return read_zip(ensure_zip(set_name, root, download=download, base_url=base_url, verify=verify), image_size)
 
 
 @DATASETS.register("omniglot")
 def omniglot_splits(data_cfg: DataConfig) -> Dict[str, ImageClassDataset]:
     """train/val/test from the zips: ``data.preset`` if set, else the three SplitSpecs."""
     def load(name: str) -> ImageClassDataset:
-        return load_set(name, data_cfg.root, data_cfg.image_size,
-                        download=data_cfg.download, base_url=data_cfg.base_url)
+        return load_set(name, data_cfg.root, data_cfg.image_size, download=data_cfg.download,
+                        base_url=data_cfg.base_url, verify=data_cfg.verify_md5)
 
     return build_splits(data_cfg, load)

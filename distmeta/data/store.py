@@ -127,7 +127,7 @@ def prepare_omniglot(data_cfg: Optional[DataConfig], out: str, *, root: Optional
 
     loaded: Dict[str, Tuple[ImageClassDataset, list]] = {}
     for name in sets:
-        path = ensure_zip(name, cfg.root, download=cfg.download, base_url=cfg.base_url)
+        path = ensure_zip(name, cfg.root, download=cfg.download, base_url=cfg.base_url, verify=cfg.verify_md5)
         with open_zip(path) as zf:
             entries = list_entries(zf)
         loaded[name] = (read_zip(path, cfg.image_size), entries)
@@ -168,6 +168,9 @@ def prepare_miniimagenet(root: str, out: str, *, image_size: int = 84, filesyste
     return store_info(path, filesystem=fs)
 
 
+STORE_COLUMNS = TEXT_COLUMNS + ["height", "width", "channels", "image"]
+
+
 def read_table(uri: str, filesystem=None, columns: Optional[List[str]] = None):
     """The store's rows as a ``pyarrow.Table`` (schema metadata kept)."""
     import pyarrow as pa
@@ -175,11 +178,16 @@ def read_table(uri: str, filesystem=None, columns: Optional[List[str]] = None):
 
     fs, path = resolve_filesystem(uri, filesystem)
     try:
-        return pq.read_table(path, filesystem=fs, columns=columns)
+        table = pq.read_table(path, filesystem=fs, columns=columns)
     except FileNotFoundError:
         raise DataError(f"{uri}: no Parquet store there (write one with `distmeta data prepare`)") from None
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{uri}: not a readable Parquet store ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in (columns or STORE_COLUMNS) if c not in table.column_names]
+    if missing:
+        raise DataError(f"{uri}: a Parquet file but not a distmeta store (no column {', '.join(missing)}); "
+                        f"write one with `distmeta data prepare`")
+    return table
 
 
 def store_metadata(table) -> Dict[str, Any]:

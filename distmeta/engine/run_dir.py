@@ -213,10 +213,25 @@ class RunDir:
         run = cls(path)
         if not (run.path / "config.yaml").is_file():
             raise CheckpointError(f"{path}: not a distmeta run folder (no config.yaml)")
+        run.remove_temporary_files()
         return run
 
     def config_dict(self) -> Dict[str, Any]:
-        return yaml.safe_load((self.path / "config.yaml").read_text())
+        try:
+            data = yaml.safe_load((self.path / "config.yaml").read_text())
+        except yaml.YAMLError as exc:
+            raise CheckpointError(f"{self.location}/config.yaml: not valid YAML "
+                                  f"({' '.join(str(exc).split())[:160]}); restore it or start a new run") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{self.location}/config.yaml: not a distmeta config")
+        return data
+
+    def remove_temporary_files(self) -> List[Path]:
+        """Delete what interrupted atomic writes left (``.<name>.tmp<pid>``); return them."""
+        leftovers = [p for p in self.path.rglob(".*.tmp*") if p.is_file()]
+        for p in leftovers:
+            p.unlink()
+        return leftovers
 
     def write_json(self, name: str, data: Dict[str, Any]) -> Path:
         """Write ``data`` as strict JSON: a non-finite number becomes null, never NaN."""

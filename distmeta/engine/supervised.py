@@ -61,8 +61,14 @@ class SupervisedMethod:
     @classmethod
     def from_checkpoint(cls, cfg, state: Dict[str, Any]) -> "SupervisedMethod":
         """For evaluation only: the checkpoint's parameters, no engine."""
+        from distmeta.engine.run_dir import CheckpointError
+
         method = cls(cfg, MetaCore(cfg), None)
-        method.core.model.load_state_dict(state["model"])
+        try:
+            method.core.model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError) as exc:
+            first = " ".join(str(exc).split())[:240]
+            raise CheckpointError(f"checkpoint parameters do not fit the model of its config ({first})") from None
         return method
 
     @classmethod

@@ -47,10 +47,22 @@ class WorkerPool:
 
     # -- resources -----------------------------------------------------------
     def _check_feasible(self) -> None:
-        """Fail at once when no node could ever hold one worker (and no autoscaler
-        could add one); otherwise the placement group wait below applies."""
+        """Fail at once when the workers can never fit: an embedded Ray (no autoscaler)
+        smaller than all workers together, or a cluster where no node could ever hold one
+        worker and no autoscaler could add one; otherwise the placement group wait applies."""
         import ray
 
+        from distmeta.address import EMBEDDED, resolve_cluster_address
+
+        if resolve_cluster_address(self.e.address).mode == EMBEDDED:
+            total = ray.cluster_resources()
+            short = {k: v * self.e.workers for k, v in self.resources.items()
+                     if v * self.e.workers > total.get(k, 0) + 1e-9}
+            if short:
+                raise DistmetaError(
+                    f"engine: {self.e.workers} workers x {self.resources} need {short}, but this machine's "
+                    f"embedded Ray has {({k: total.get(k, 0) for k in short})}; lower engine.workers or "
+                    f"engine.num_cpus, or join a cluster with --address")
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         fits = any(all(n["Resources"].get(k, 0) >= v for k, v in self.resources.items()) for n in nodes)
         if not fits and not _autoscaler_could_fit(self.resources):
@@ -174,7 +186,9 @@ def _free_resources() -> Dict[str, float]:
 
 def _autoscaler_could_fit(resources: Dict[str, float]) -> bool:
     """True when the cluster's autoscaler config has a node type that could hold ``resources``.
-    (Ray has no public API for the autoscaler's node types; any error reads as "no".)"""
+    Ray has no public API for the autoscaler's node types, so this reads ``ray._private.state``
+    (pinned by tests/test_ray_engine.py::test_worker_larger_than_any_node_fails_fast); any
+    error reads as "no"."""
     try:
         import ray._private.state as state
 
