@@ -146,9 +146,10 @@ def train(config=None, out=None, steps: Optional[int] = None, resume=None, progr
     cfg = as_config(config)
     if steps is not None and cfg.rl is None:
         cfg.optim.steps = int(steps)
-    ckpt = ckpt if ckpt is not None else initial_state
     if ckpt is not None:
         check_compatible(ckpt["config"], cfg.to_dict())
+    else:  # a Tune restore: PBT hands a trial another trial's state with mutated fields, by design
+        ckpt = initial_state
     if run is None and ckpt is None and RunDir.exists(out):
         if resume != "auto":
             raise DistmetaError(f"--out {out}: a run folder already exists there; continue it with --resume {out} "
