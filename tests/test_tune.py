@@ -106,17 +106,26 @@ def test_pbt_exploit_restores_step_and_optimizer_state(ray_session, tmp_path):
 
 def test_interrupted_search_resumes(tmp_path):
     data = config({"space": {"optim.lr": {"grid": [0.001, 0.002]}}, "metric": "mse", "mode": "min",
-                   "max_concurrent": 1}, optim={"steps": 200}, eval={"every": 10, "episodes": 4, "final_episodes": 4})
+                   "max_concurrent": 1}, optim={"steps": 600}, eval={"every": 20, "episodes": 4, "final_episodes": 4})
     cfg = write(tmp_path, data)
     out = tmp_path / "resumable"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    # snapshots every second (Tune's default period is longer than a trial here)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     cmd = [sys.executable, "-m", "distmeta.cli", "tune", cfg, "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
     deadline = time.monotonic() + 240
 
     def snapshot_has_checkpoint():  # Tune resumes from what its experiment state recorded
-        return any("checkpoint_0000" in p.read_text(errors="ignore") for p in out.glob("experiment_state*.json"))
+        for path in out.glob("experiment_state*.json"):  # a trial still running with a checkpoint
+            try:
+                trials = json.loads(path.read_text())["trial_data"]
+            except ValueError:   # being written
+                continue
+            running = [json.loads(b) for a, b in trials if json.loads(a)["status"] == "RUNNING"]
+            if any("checkpoint_0000" in json.dumps(b) for b in running):
+                return True
+        return False
 
     while time.monotonic() < deadline and not snapshot_has_checkpoint():
         time.sleep(0.2)
@@ -134,7 +143,7 @@ def test_interrupted_search_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     frames = trial_frames(out)
     assert len(frames) == 2
-    assert all(df["step"].max() == 200 for df in frames), [df["step"].tolist() for df in frames]
+    assert all(df["step"].max() == 600 for df in frames), [df["step"].tolist() for df in frames]
     assert any((df["restored_step"] > 0).any() for df in frames)   # continued, not restarted
 
 
