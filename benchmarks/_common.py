@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 SYNTHETIC_OMNIGLOT = "synthetic_omniglot"
-DEFAULT_OMNIGLOT_ROOT = REPO.parent / "shared" / "data" / "omniglot"
+DEFAULT_OMNIGLOT_ROOT = REPO / "distmeta" / "data" / "omniglot_minimal"   # shipped with distmeta
 
 
 def synthetic_images(classes: int = 136, per_class: int = 20, size: int = 28, seed: int = 0):

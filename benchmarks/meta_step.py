@@ -22,7 +22,7 @@ meta-step costs what plain training on the same images costs) and loop / vmap (>
     python benchmarks/meta_step.py                      # full table on this machine's CPUs
     python benchmarks/meta_step.py --quick              # meta-batch 4, 1 repeat: a smoke run
     python benchmarks/meta_step.py --device cuda --json # one JSON object
-    python benchmarks/meta_step.py --data-root ../shared/data/omniglot   # real episodes
+    python benchmarks/meta_step.py --data-root DIR   # real episodes
 
 Without ``--data-root`` the episodes are random tensors of the same shapes (the cost
 does not depend on pixel values).

@@ -5,7 +5,7 @@ Workloads (one meta-gradient per step, fixed parameters, so every row computes
 exactly the same tasks: steps ``warmup .. warmup+steps-1`` of seed 0):
   omniglot  conv4 MAML, Omniglot 5-way 1-shot, meta-batch 32, second order,
             1 inner step (real Omniglot ``images_background_small1`` from
-            ``--data-root``, default ``../shared/data/omniglot``; else synthetic
+            ``--data-root``, default: the sets shipped with distmeta; else synthetic
             images of the same shape, registered as dataset ``synthetic_omniglot``)
   sinusoid  MAML on sinusoid regression, meta-batch 25 (experiments/sinusoid_maml.yaml)
 
@@ -314,7 +314,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--queries", type=int, default=1,
                    help="Omniglot query images per class (Finn et al.: K, i.e. 1 for 1-shot)")
     p.add_argument("--data-root", default=None,
-                   help="folder with images_background_small1.zip (default ../shared/data/omniglot "
+                   help="folder with images_background_small1.zip (default: the sets shipped with distmeta "
                         "if present, else synthetic data)")
     p.add_argument("--synthetic", action="store_true", help="use synthetic Omniglot-shaped data")
     p.add_argument("--only", choices=["omniglot", "sinusoid"], nargs="+", default=["omniglot", "sinusoid"])

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-OMNIGLOT_DIR = REPO.parent / "shared" / "data" / "omniglot"
+# The two official minimal sets ship with distmeta; $DISTMETA_DATA_DIR may point at another copy.
+OMNIGLOT_DIR = Path(os.environ.get("DISTMETA_DATA_DIR") or REPO / "distmeta" / "data" / "omniglot_minimal")
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -19,7 +20,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def omniglot_dir() -> Path:
     if not (OMNIGLOT_DIR / "images_background_small1.zip").is_file():
-        pytest.fail(f"Omniglot minimal sets not found in {OMNIGLOT_DIR} (expected ../shared/data/omniglot)")
+        pytest.fail(f"Omniglot minimal sets not found in {OMNIGLOT_DIR}")
     return OMNIGLOT_DIR
 
 

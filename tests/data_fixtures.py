@@ -1,20 +1,22 @@
 """Helpers shared by the data-layer tests (a plain module, not a conftest)."""
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Tuple
 
 import pytest
 
-OMNIGLOT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
+OMNIGLOT_DIR = Path(os.environ.get("DISTMETA_DATA_DIR") or
+                    Path(__file__).resolve().parents[1] / "distmeta" / "data" / "omniglot_minimal")
 
 
 def omniglot_zip(set_name: str) -> Path:
-    """Path of a shared official zip; fails (never skips) when it is missing."""
+    """Path of an official minimal zip (shipped with distmeta); fails (never skips) when it is missing."""
     path = OMNIGLOT_DIR / f"images_{set_name}.zip"
     if not path.is_file():
-        pytest.fail(f"shared Omniglot data missing: {path}")
+        pytest.fail(f"Omniglot data missing: {path}")
     return path
 
 

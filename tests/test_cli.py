@@ -130,9 +130,25 @@ def test_wheel_contents(wheel_site):
     assert "envs" not in tops, "a bare top-level 'envs' package would clash with PyPI's envs"
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"distmeta"}
     assert "distmeta/envs/__init__.py" in names
-    for sub in ("algorithms", "tasks", "data", "models", "engine", "rl"):
+    for sub in ("algorithms", "tasks", "data", "models", "engine", "rl", "jobs"):
         assert f"distmeta/{sub}/__init__.py" in names, sub
     assert "distmeta = distmeta.cli:main" in entry_points
+    # the two official minimal Omniglot sets ship as package data, with their licence
+    for name in ("images_background_small1.zip", "images_background_small2.zip", "LICENSE"):
+        assert f"distmeta/data/omniglot_minimal/{name}" in names, name
+
+
+def test_installed_wheel_reads_its_shipped_omniglot(wheel_site, tmp_path):
+    _, site = wheel_site
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "DISTMETA_DATA_DIR": str(tmp_path)}
+    code = ("import distmeta.builtin; from distmeta.data.omniglot import SHIPPED, load_set;"
+            "d = load_set('background_small2', download=False); print(SHIPPED); print(d.num_classes);"
+            "print(open(SHIPPED / 'LICENSE').read().splitlines()[0])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shipped, classes, licence = proc.stdout.strip().splitlines()
+    assert shipped.startswith(str(site)) and classes == "156" and licence == "The MIT License (MIT)"
 
 
 def test_non_editable_install_imports_and_runs(wheel_site, tmp_path):

@@ -147,9 +147,9 @@ def test_ways_larger_than_train_classes(tmp_path, omniglot_dir):
 def test_missing_data_file_without_download(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataError) as info:
-        distmeta.train(omniglot(empty), out=tmp_path / "run", progress=False)
-    one_line_error(info, "images_background_small1.zip", str(empty), "data.download")
+    with pytest.raises(DataError) as info:   # the full sets do not ship with distmeta
+        distmeta.train(omniglot(empty, data={"preset": "official"}), out=tmp_path / "run", progress=False)
+    one_line_error(info, "images_background.zip", str(empty), "data.download")
     assert not (tmp_path / "run").exists()
 
 
@@ -168,10 +168,10 @@ def test_corrupt_zip(tmp_path, omniglot_dir):
 
 def test_cli_data_error_is_one_line(tmp_path, capsys):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(omniglot(tmp_path / "nowhere")))
+    path.write_text(yaml.safe_dump(omniglot(tmp_path / "nowhere", data={"preset": "official", "download": False})))
     assert cli.main(["train", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "images_background_small1.zip not found" in err
+    assert err.count("\n") == 1 and "images_background.zip not found" in err
 
 
 # --------------------------------------------------------------------------- checkpoints

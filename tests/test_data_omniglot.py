@@ -1,4 +1,4 @@
-"""Omniglot zip reader, presets and split specs, on the shared official minimal sets."""
+"""Omniglot zip reader, presets and split specs, on the official minimal sets shipped with distmeta."""
 from __future__ import annotations
 
 import zipfile
@@ -196,7 +196,15 @@ def test_corrupt_zip_is_one_line_error(tmp_path):
 
 
 def test_missing_zip_without_download_names_file_and_folder(tmp_path):
-    with pytest.raises(DataError) as exc:
-        omniglot_splits(DataConfig(root=str(tmp_path), preset="minimal", download=False))
+    with pytest.raises(DataError) as exc:   # the full sets do not ship with distmeta
+        omniglot_splits(DataConfig(root=str(tmp_path), preset="official", download=False))
     text = one_line(exc)
-    assert "images_background_small1.zip" in text and str(tmp_path) in text
+    assert "images_background.zip" in text and str(tmp_path) in text
+
+
+def test_minimal_sets_ship_with_distmeta(tmp_path):
+    """With no copy in the data folder, the minimal preset reads the sets inside the package."""
+    from distmeta.data.omniglot import SHIPPED
+
+    splits = omniglot_splits(DataConfig(root=str(tmp_path), preset="minimal", download=False))
+    assert splits["train"].num_classes == 136 and (SHIPPED / "LICENSE").read_text().startswith("The MIT License")

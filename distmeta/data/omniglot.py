@@ -38,6 +38,7 @@ SETS = {
     "background_small2": "images_background_small2",
 }
 ROOT_ENV = "DISTMETA_DATA_DIR"
+SHIPPED = Path(__file__).resolve().parent / "omniglot_minimal"   # background_small1/2, MIT (LICENSE there)
 DEFAULT_ROOT = "~/.cache/distmeta/omniglot"
 NATIVE_SIZE = 105
 
@@ -76,6 +77,8 @@ def ensure_zip(set_name: str, root: Optional[Union[str, Path]] = None, *, downlo
     an existing official zip is MD5-checked once (``verify``)."""
     stem, folder = zip_stem(set_name), resolve_root(root)
     path = folder / f"{stem}.zip"
+    if not path.is_file() and (SHIPPED / f"{stem}.zip").is_file():
+        path = SHIPPED / f"{stem}.zip"   # the minimal sets ship with distmeta
     if path.is_file():
         if verify:
             verify_once(path, stem)
@@ -87,16 +90,20 @@ def ensure_zip(set_name: str, root: Optional[Union[str, Path]] = None, *, downlo
 
 
 def verify_once(path: Path, stem: str) -> None:
-    """MD5-check an existing official zip once; the verified (size, mtime) is cached beside it
-    (``.<name>.md5ok``), so later runs do not hash it again. A mismatch is one line."""
+    """MD5-check an existing official zip once; the verified (path, size, mtime) is remembered in
+    the user's cache (``~/.cache/distmeta/verified``), so later runs do not hash it again and the
+    data folder is never written to. A mismatch is one line."""
     from distmeta.data.download import OMNIGLOT_MD5, md5sum
 
     expected = OMNIGLOT_MD5.get(stem)
     if expected is None:
         return
+    import hashlib
+
     stat = path.stat()
     stamp = f"{expected} {stat.st_size} {stat.st_mtime_ns}"
-    marker = path.with_name(f".{path.name}.md5ok")
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:20]
+    marker = Path(os.environ.get("DISTMETA_CACHE", Path.home() / ".cache" / "distmeta")) / "verified" / key
     try:
         if marker.read_text() == stamp:
             return
@@ -107,8 +114,9 @@ def verify_once(path: Path, stem: str) -> None:
         raise DataError(f"{path}: MD5 {actual} differs from the official {expected}; delete the file and "
                         f"download it again")
     try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(stamp)
-    except OSError:  # a read-only data folder: verified again next time
+    except OSError:  # a read-only cache: verified again next time
         pass
 
 
