@@ -12,6 +12,12 @@ from gymnasium import spaces
 
 from distmeta.envs import MetaEnv, Task
 
+# The task distribution (what a Bayesian baseline such as PSRL takes as its prior):
+TRANSITION_CONCENTRATION = 1.0   # P(. | s, a) ~ Dirichlet(1, ..., 1)
+REWARD_PRIOR_MEAN = 1.0          # mean reward r(s, a) ~ N(1, 1)
+REWARD_PRIOR_STD = 1.0
+REWARD_NOISE_STD = 1.0           # observed reward ~ N(r(s, a), 1)
+
 
 class TabularMDPEnv(MetaEnv):
     metadata = {"render_modes": []}
@@ -29,8 +35,9 @@ class TabularMDPEnv(MetaEnv):
         rng = np.random.default_rng(seed)
         out = []
         for _ in range(n):
-            p = rng.dirichlet(np.ones(self.num_states), size=(self.num_states, self.num_actions))
-            r = rng.normal(1.0, 1.0, size=(self.num_states, self.num_actions))
+            p = rng.dirichlet(np.full(self.num_states, TRANSITION_CONCENTRATION),
+                              size=(self.num_states, self.num_actions))
+            r = rng.normal(REWARD_PRIOR_MEAN, REWARD_PRIOR_STD, size=(self.num_states, self.num_actions))
             out.append({"transitions": p.tolist(), "reward_means": r.tolist()})
         return out
 
@@ -58,7 +65,7 @@ class TabularMDPEnv(MetaEnv):
 
     def step(self, action):
         a = int(action)
-        reward = float(self.np_random.normal(self._r[self._s, a], 1.0))
+        reward = float(self.np_random.normal(self._r[self._s, a], REWARD_NOISE_STD))
         self._s = int(self.np_random.choice(self.num_states, p=self._p[self._s, a]))
         self._t += 1
         return self._obs(), reward, False, self._t >= self.horizon, {}
@@ -74,3 +81,16 @@ def value_iteration(p: np.ndarray, r: np.ndarray, horizon: int) -> np.ndarray:
     for _ in range(horizon):
         v = (r + p @ v).max(axis=1)
     return v
+
+
+def q_values(p: np.ndarray, r: np.ndarray, horizon: int) -> np.ndarray:
+    """Finite-horizon optimal action values, batched over leading axes: ``p[..., s, a, s']``,
+    ``r[..., s, a]`` -> ``q[t, ..., s, a]``, the value of taking ``a`` in ``s`` after ``t`` steps
+    (``horizon - t`` steps left) and acting optimally afterwards; ``q[0].max(-1)`` is
+    :func:`value_iteration`'s ``V_0``."""
+    q = np.empty((horizon,) + r.shape)
+    v = np.zeros(r.shape[:-1])
+    for t in range(horizon - 1, -1, -1):
+        q[t] = r + np.einsum("...sat,...t->...sa", p, v)
+        v = q[t].max(-1)
+    return q

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 import distmeta
 from distmeta.commands import evaluate_run
 from distmeta.config import ConfigError, from_dict
+from distmeta.envs import MetaEnv
 from distmeta.rl.trial_wrapper import TrialWrapper
 
 
@@ -55,8 +57,8 @@ def test_validate_rl_accepts_shipped_configs():
     import yaml
     from pathlib import Path
 
-    for name in ("rl2_bandits", "rl2_tabular_mdp", "maml_rl_point_nav", "maml_rl_halfcheetah_vel",
-                 "maml_rl_metaworld_ml1"):
+    for name in ("rl2_bandits", "rl2_bandits_k10", "rl2_bandits_n500", "rl2_tabular_mdp", "rl2_metaworld_ml10",
+                 "maml_rl_point_nav", "maml_rl_halfcheetah_vel", "maml_rl_metaworld_ml1", "maml_rl_metaworld_ml10"):
         data = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml").read_text())
         assert from_dict(data).rl is not None
 
@@ -256,3 +258,150 @@ def test_restarted_env_runner_gets_its_task_back(ray_session):
         assert [t[0] for t in rl2.tasks_on_runners(algo)] == [task]
     finally:
         algo.stop()
+
+
+# -- test-split evaluation: paired comparisons with the same-run baselines, success rates -----------
+def _eval_method(rl, final_episodes=20):
+    from distmeta.rl import rl2
+    from distmeta.rl.rl2_method import RL2Method
+
+    cfg = _cfg(rl, eval={"every": 1, "episodes": 5, "final_episodes": final_episodes})
+    return RL2Method(cfg, module=rl2.build_module(cfg.rl))
+
+
+def test_rl2_test_evaluation_pairs_with_the_baselines_task_by_task(monkeypatch):
+    """At "test" RL^2 and every baseline (random, PSRL, optimal) run on exactly the same task list,
+    and ``vs_<baseline>`` is the paired difference of total trial return task by task (the
+    formula of distmeta.rl.common.paired_difference); ``fraction_of_psrl`` is the ratio of means."""
+    from distmeta.rl import baselines, rl2
+
+    seen = {}
+    real_eval, real_base = rl2.evaluate_module, baselines.baselines_for
+
+    def spy_eval(module, rl, tasks, *a, **k):
+        out = real_eval(module, rl, tasks, *a, **k)
+        seen["agent"] = (list(tasks), out[0] if isinstance(out, tuple) else out)
+        return out
+
+    def spy_base(env, tasks, *a, **k):
+        out = real_base(env, tasks, *a, **k)
+        seen["baselines"] = (list(tasks), out)
+        return out
+
+    monkeypatch.setattr(rl2, "evaluate_module", spy_eval)
+    monkeypatch.setattr(baselines, "baselines_for", spy_base)
+    method = _eval_method({"algorithm": "rl2", "env": "tabular_mdp",
+                           "rl2": {"episodes_per_trial": 10, "cell_size": 8, "hidden": [8]}})
+    out = method.evaluate("test", None)
+    agent_tasks, agent = seen["agent"]
+    base_tasks, base = seen["baselines"]
+    assert agent_tasks == base_tasks == method.test_tasks and len(agent_tasks) == 20
+    assert set(out["baselines"]) == {"random", "psrl", "optimal"} and "success_rate" not in out
+    for name, returns in base.items():
+        d = agent.sum(1) - returns.sum(1)
+        vs = out[f"vs_{name}"]
+        assert vs["tasks"] == 20 and vs["mean_difference"] == pytest.approx(d.mean())
+        assert vs["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(20)) and vs["ci95"] == pytest.approx(1.96 * vs["se"])
+    assert out["fraction_of_psrl"] == pytest.approx(agent.sum(1).mean() / base["psrl"].sum(1).mean())
+    assert out["fraction_of_psrl_ci95"] > 0
+    assert out["vs_optimal"]["mean_difference"] < 0   # an untrained policy is far below the optimum
+    # validation: no baselines; the task digest names the task list
+    val = method.evaluate("val", None)
+    assert "baselines" not in val and "vs_random" not in val and val["task_digest"] != out["task_digest"]
+
+
+def test_rl2_bandit_test_evaluation_reports_the_fraction_of_gittins():
+    method = _eval_method({"algorithm": "rl2", "env": "bandit", "env_config": {"k": 2},
+                           "rl2": {"episodes_per_trial": 10, "cell_size": 8, "hidden": [8]}}, final_episodes=30)
+    out = method.evaluate("test", None)
+    assert {"random", "ucb1", "thompson", "gittins", "oracle_best_arm"} <= set(out["baselines"])
+    for name in ("thompson", "gittins"):
+        assert out[f"fraction_of_{name}"] == pytest.approx(out["mean_return"] /
+                                                           out["baselines"][name]["mean_return"])
+        assert out[f"vs_{name}"]["tasks"] == 30
+    assert method.evaluate("test", 50)["tasks"] == 50   # more test tasks than the run's eval settings
+
+
+class SuccessEnv(MetaEnv):
+    """A task-settable toy env reporting Meta-World's ``info["success"]``: episodes of 2 steps;
+    ``success`` is true at the last step of every second episode since the last seeded reset
+    (sub-episodes 1, 3, ... of an RL^2 trial) of tasks with ``win``, else false."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self):
+        self._task, self._ep, self._t = {"win": 0, "id": 0}, 0, 0
+
+    def sample_tasks(self, n, seed):
+        rng = np.random.default_rng(seed)
+        return [{"win": int(rng.integers(2)), "id": int(rng.integers(10**9))} for _ in range(n)]
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._ep = 0 if seed is not None else self._ep + 1
+        self._t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self._t += 1
+        last = self._t >= 2
+        win = bool(self._task["win"]) and last and self._ep % 2 == 1
+        return np.zeros(1, np.float32), float(action), False, last, {"success": float(win)}
+
+
+SUCCESS_ENV = "distmeta-test/Success-v0"
+
+
+@pytest.fixture
+def success_env():
+    if SUCCESS_ENV not in gym.registry:
+        gym.register(id=SUCCESS_ENV, entry_point=SuccessEnv, disable_env_checker=True)
+    return SUCCESS_ENV
+
+
+def test_rl2_success_rate_per_trial(success_env):
+    """``info["success"]`` at any step of an episode makes the episode successful; per trial RL^2
+    reports the fraction of episodes with success, the last episode's success and the curve."""
+    from distmeta.rl import rl2
+
+    method = _eval_method({"algorithm": "rl2", "env": success_env, "baselines": False,
+                           "rl2": {"episodes_per_trial": 4, "cell_size": 8, "hidden": [8]}}, final_episodes=12)
+    tasks = method.test_tasks
+    returns, success = rl2.evaluate_module(method.module(), method.rl, tasks, seed=3, return_success=True)
+    win = np.array([t["win"] for t in tasks], dtype=float)
+    assert 0 < win.sum() < len(win)
+    np.testing.assert_array_equal(success, win[:, None] * np.array([0, 1, 0, 1]))
+    out = method.evaluate("test", None)
+    assert out["success_rate"] == pytest.approx(win.mean() / 2)
+    assert out["success_rate_last_episode"] == pytest.approx(win.mean())
+    assert out["success_rate_by_episode"] == pytest.approx([0, win.mean(), 0, win.mean()])
+    # envs without ``success`` in info get no key
+    bandit = _eval_method({"algorithm": "rl2", "env": "bandit", "baselines": False,
+                           "rl2": {"episodes_per_trial": 3, "cell_size": 8, "hidden": [8]}})
+    assert "success_rate" not in bandit.evaluate("val", None)
+
+
+def _has_metaworld() -> bool:
+    try:
+        import metaworld  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+needs_metaworld = pytest.mark.skipif(not _has_metaworld(),
+                                     reason="needs the metaworld extra (pip install 'distmeta[metaworld]')")
+
+
+@needs_metaworld
+def test_rl2_metaworld_reports_success_rate():
+    """Meta-World ML1 reach-v3, horizon 5, 2 test tasks (Meta-World's own test goals), 2 episodes
+    per trial: the success keys are there, next to the returns, and are fractions."""
+    method = _eval_method({"algorithm": "rl2", "env": "metaworld_ml1",
+                           "env_config": {"env_name": "reach-v3", "horizon": 5},
+                           "rl2": {"episodes_per_trial": 2, "cell_size": 8, "hidden": [8]}}, final_episodes=2)
+    out = method.evaluate("test", None)
+    assert out["tasks"] == 2 and len(out["mean_return_by_episode"]) == 2
+    assert 0.0 <= out["success_rate"] <= 1.0 and 0.0 <= out["success_rate_last_episode"] <= 1.0
+    assert len(out["success_rate_by_episode"]) == 2

@@ -7,8 +7,11 @@
   agent is evaluated on, plus the best arm's mean as a ceiling. Returns are per
   (task, pull), so they line up with RL^2's per-episode-index adaptation curve
   (one pull is one episode).
-- Tabular MDPs: random (simulated) and the per-task optimal policy (finite
-  horizon value iteration on the true model, expected return) as a ceiling.
+- Tabular MDPs: random (simulated), posterior sampling for RL (PSRL, Osband et
+  al. 2013; Dirichlet(1) transition and Normal reward posteriors, the env's own
+  prior, one sampled MDP per episode; ``tabular_psrl``) and the per-task optimal
+  policy (finite horizon value iteration on the true model, expected return) as a
+  ceiling, vectorised over tasks.
 """
 from __future__ import annotations
 
@@ -225,27 +228,106 @@ def bandit_baselines(tasks: Sequence[Dict[str, Any]], pulls: int, seed: int = 0)
     }
 
 
+def tabular_arrays(tasks: Sequence[Dict[str, Any]]):
+    """``(P [N, S, A, S], R [N, S, A])``: the tasks' transition probabilities (rows normalised, as
+    :class:`~distmeta.envs.tabular_mdp.TabularMDPEnv` does) and mean rewards."""
+    p = np.asarray([t["transitions"] for t in tasks], dtype=np.float64)
+    r = np.asarray([t["reward_means"] for t in tasks], dtype=np.float64)
+    return p / p.sum(-1, keepdims=True), r
+
+
+def _tabular_episode(P: np.ndarray, R: np.ndarray, horizon: int, rng: np.random.Generator,
+                     act: Callable[[int, np.ndarray], np.ndarray], observe=None) -> np.ndarray:
+    """One episode in every task at once (start state 0, as the env): ``act(t, s) -> a`` per task;
+    rewards ~ N(R[s, a], noise std) and next states ~ P[s, a], simulated like the env.
+    ``observe(s, a, r, s_next)`` sees every transition. Returns the episode return per task."""
+    from distmeta.envs.tabular_mdp import REWARD_NOISE_STD
+
+    n, S = P.shape[0], P.shape[1]
+    rows = np.arange(n)
+    s = np.zeros(n, dtype=np.int64)
+    total = np.zeros(n)
+    for t in range(horizon):
+        a = act(t, s)
+        r = R[rows, s, a] + REWARD_NOISE_STD * rng.standard_normal(n)
+        cdf = P[rows, s, a].cumsum(-1)
+        s_next = np.minimum((rng.random(n)[:, None] >= cdf).sum(-1), S - 1)
+        if observe is not None:
+            observe(s, a, r, s_next)
+        total += r
+        s = s_next
+    return total
+
+
+def tabular_random(tasks: Sequence[Dict[str, Any]], episodes: int, horizon: int = 10, seed: int = 0) -> np.ndarray:
+    """Per (task, episode) returns of the uniformly random policy (simulated)."""
+    P, R = tabular_arrays(tasks)
+    rng = np.random.default_rng(seed)
+    A = P.shape[2]
+    return np.stack([_tabular_episode(P, R, horizon, rng, lambda t, s: rng.integers(A, size=len(s)))
+                     for _ in range(episodes)], axis=1)
+
+
+def tabular_optimal(tasks: Sequence[Dict[str, Any]], episodes: int, horizon: int = 10) -> np.ndarray:
+    """Per (task, episode) expected return of the per-task optimal policy (finite-horizon value
+    iteration on the true model): a ceiling, not a learner."""
+    from distmeta.envs.tabular_mdp import q_values
+
+    P, R = tabular_arrays(tasks)
+    v0 = q_values(P, R, horizon)[0, :, 0].max(-1)  # start state 0
+    return np.repeat(v0[:, None], episodes, axis=1)
+
+
+def tabular_psrl(tasks: Sequence[Dict[str, Any]], episodes: int, horizon: int = 10, seed: int = 0) -> np.ndarray:
+    """Posterior sampling for RL (PSRL; Osband, Russo and Van Roy 2013), vectorised over tasks.
+
+    The prior is the env's own task distribution (``distmeta.envs.tabular_mdp``): per (s, a) the
+    next-state distribution ~ Dirichlet(1, ..., 1) and the mean reward ~ N(1, 1), observed rewards
+    ~ N(mean, 1) with known noise. Posteriors are conjugate: Dirichlet(1 + transition counts) and
+    Normal-Normal, mean ``(mu0 / s0^2 + sum r / sn^2) / (1 / s0^2 + n / sn^2)``, variance
+    ``1 / (1 / s0^2 + n / sn^2)``. At the start of every episode PSRL samples one MDP from the
+    posterior and follows its finite-horizon optimal (time-dependent, greedy) policy for the whole
+    episode; the posterior is updated with the episode's transitions. Returns per (task, episode)
+    (simulated rewards, like the env and RL^2's evaluation).
+    """
+    from distmeta.envs.tabular_mdp import (REWARD_NOISE_STD, REWARD_PRIOR_MEAN, REWARD_PRIOR_STD,
+                                           TRANSITION_CONCENTRATION, q_values)
+
+    P, R = tabular_arrays(tasks)
+    rng = np.random.default_rng(seed)
+    n, S, A = R.shape
+    rows = np.arange(n)
+    counts = np.zeros((n, S, A, S))
+    r_sum, r_n = np.zeros((n, S, A)), np.zeros((n, S, A))
+    prior_prec, noise_prec = 1.0 / REWARD_PRIOR_STD ** 2, 1.0 / REWARD_NOISE_STD ** 2
+    out = np.zeros((n, episodes))
+
+    def observe(s, a, r, s_next):
+        counts[rows, s, a, s_next] += 1
+        r_sum[rows, s, a] += r
+        r_n[rows, s, a] += 1
+
+    for e in range(episodes):
+        g = rng.standard_gamma(TRANSITION_CONCENTRATION + counts)  # Dirichlet draws, one per (task, s, a)
+        p_hat = g / g.sum(-1, keepdims=True)
+        prec = prior_prec + noise_prec * r_n
+        mean = (prior_prec * REWARD_PRIOR_MEAN + noise_prec * r_sum) / prec
+        r_hat = mean + rng.standard_normal(mean.shape) / np.sqrt(prec)
+        q = q_values(p_hat, r_hat, horizon)  # [H, N, S, A]
+        out[:, e] = _tabular_episode(P, R, horizon, rng, lambda t, s: q[t, rows, s].argmax(-1), observe)
+    return out
+
+
 def tabular_baselines(tasks: Sequence[Dict[str, Any]], episodes: int, env_config: Dict[str, Any],
                       seed: int = 0) -> Dict[str, np.ndarray]:
-    """Per (task, episode) returns of a random policy (simulated) and the per-task optimum (expected)."""
-    from distmeta.envs.tabular_mdp import TabularMDPEnv, value_iteration
+    """Per (task, episode) returns of a random policy (simulated), PSRL (simulated) and the per-task
+    optimum (expected), all vectorised over tasks."""
+    from distmeta.envs.tabular_mdp import TabularMDPEnv
 
-    env = TabularMDPEnv(**env_config)
-    rng = np.random.default_rng(seed)
-    rand = np.zeros((len(tasks), episodes))
-    opt = np.zeros((len(tasks), episodes))
-    for i, task in enumerate(tasks):
-        env.set_task(task)
-        opt[i] = value_iteration(env._p, env._r, env.horizon)[0]
-        for e in range(episodes):
-            env.reset(seed=int(rng.integers(2**31 - 1)))
-            done, total = False, 0.0
-            while not done:
-                _, r, term, trunc, _ = env.step(int(rng.integers(env.num_actions)))
-                total += r
-                done = term or trunc
-            rand[i, e] = total
-    return {"random": rand, "optimal": opt}
+    horizon = TabularMDPEnv(**env_config).horizon
+    return {"random": tabular_random(tasks, episodes, horizon, seed),
+            "psrl": tabular_psrl(tasks, episodes, horizon, seed),
+            "optimal": tabular_optimal(tasks, episodes, horizon)}
 
 
 def baselines_for(env_name: str, tasks: Sequence[Dict[str, Any]], episodes: int, env_config: Dict[str, Any],

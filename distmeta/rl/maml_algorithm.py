@@ -39,7 +39,9 @@ Same-run baselines live in the same Algorithm as extra parameter slots on the Le
 (:meth:`MAMLRL.add_baseline`, :meth:`MAMLRL.train_baseline`): "pretrained" is PPO-clip policy
 gradient on the task mixture (``inner_steps=0``), "oracle" the same with the env's
 ``oracle: True`` observation. Evaluation (:meth:`MAMLRL.evaluate_tasks`) samples through the
-same EnvRunner code and returns, per task, the mean episode return after 0..K inner steps.
+same EnvRunner code and returns, per task, the mean episode return after 0..K inner steps (and,
+for envs that report ``info["success"]`` such as Meta-World, the fraction of successful episodes;
+:class:`SuccessRecorder`).
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ import uuid
 from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -125,6 +128,72 @@ def _single(module):
     return m.unwrapped() if hasattr(m, "unwrapped") else m
 
 
+# -- success (Meta-World's info["success"]) ----------------------------------------------------
+class SuccessRecorder(gym.Wrapper):
+    """Records, per episode, whether the env's ``info["success"]`` was true at any step, keyed by
+    the episode's reset seed (``log[seed]``: 1.0 / 0.0; nothing for envs without ``success``).
+    Reset seeds are a pure function of (task seed, phase, episode) in
+    :func:`distmeta.rl.maml_rl.sample_tasks`, so they name episodes whatever the chunking."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.log: Dict[int, float] = {}
+        self._seed: Optional[int] = None
+        self._success: Optional[float] = None
+
+    def reset(self, *, seed=None, options=None):
+        self._seed, self._success = seed, None
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if "success" in info:
+            self._success = max(self._success or 0.0, float(bool(info["success"])))
+        if (terminated or truncated) and self._success is not None and self._seed is not None:
+            self.log[int(self._seed)] = self._success
+        return obs, reward, terminated, truncated, info
+
+
+class SuccessPool(core.TaskEnvPool):
+    """A :class:`~distmeta.rl.maml_rl.TaskEnvPool` whose envs record ``info["success"]``."""
+
+    def get(self, n: int) -> List[Any]:
+        envs = super().get(n)
+        for j, env in enumerate(envs):
+            if not isinstance(env, SuccessRecorder):
+                self.envs[j] = SuccessRecorder(env)
+        return self.envs[:n]
+
+    def clear(self) -> None:
+        for env in self.envs:
+            if isinstance(env, SuccessRecorder):
+                env.log.clear()
+
+    def success(self, seeds: Sequence[int], episodes: int, inner_steps: int) -> Optional[np.ndarray]:
+        """``[len(seeds), inner_steps + 1]``: per task the fraction of its episodes after 0..K inner
+        steps with success (None when the env never reported ``success``)."""
+        log: Dict[int, float] = {}
+        for env in self.envs:
+            if isinstance(env, SuccessRecorder):
+                log.update(env.log)
+        if not log:
+            return None
+        out = np.full((len(seeds), inner_steps + 1), np.nan)
+        for i, s in enumerate(seeds):
+            for phase in range(inner_steps + 1):
+                got = [log[k] for k in (core.seed_for(s, phase, 1 + e) for e in range(episodes)) if k in log]
+                if got:
+                    out[i, phase] = float(np.mean(got))
+        return out
+
+
+def success_by_step(results: Sequence[core.TaskResult]) -> Optional[np.ndarray]:
+    """The tasks' success fractions ``[tasks, K+1]`` (see :class:`SuccessPool`), None if the env
+    does not report ``success``."""
+    rows = [getattr(r, "success", None) for r in results]
+    return None if any(x is None for x in rows) else np.stack(rows)
+
+
 # -- the EnvRunner ------------------------------------------------------------------------------
 class MAMLEnvRunner(SingleAgentEnvRunner):
     """An RLlib EnvRunner that samples meta-batch shards (:meth:`sample_tasks`).
@@ -144,8 +213,8 @@ class MAMLEnvRunner(SingleAgentEnvRunner):
         if key not in self._pools:
             vec = getattr(self.env, "unwrapped", None) if self.env is not None else None
             own = list(getattr(vec, "envs", ())) if not env_config else []
-            self._pools[key] = core.TaskEnvPool(self.config.env, {**dict(self.config.env_config),
-                                                                  **(env_config or {})}, own)
+            self._pools[key] = SuccessPool(self.config.env, {**dict(self.config.env_config),
+                                                             **(env_config or {})}, own)
         return self._pools[key]
 
     def sample_tasks(self, params: core.Params, tasks: Sequence[Dict[str, Any]], task_indices: Sequence[int],
@@ -156,8 +225,15 @@ class MAMLEnvRunner(SingleAgentEnvRunner):
         episodes with the adapted parameters (``inner_steps`` times). Returns one
         :class:`~distmeta.rl.maml_rl.TaskResult` per task, tagged with its index."""
         spec = core.SampleSpec(episodes, inner_steps, inner_lr, gamma, baseline, keep_data)
-        return core.sample_tasks(self._pool(env_config), params, list(tasks), list(task_indices), list(seeds),
-                                 spec, width=int(self.config.num_envs_per_env_runner))
+        pool = self._pool(env_config)
+        pool.clear()
+        out = core.sample_tasks(pool, params, list(tasks), list(task_indices), list(seeds),
+                                spec, width=int(self.config.num_envs_per_env_runner))
+        success = pool.success(list(seeds), episodes, inner_steps)
+        if success is not None:  # Meta-World: per task, the success fraction after 0..K inner steps
+            for r, row in zip(out, success):
+                r.success = row
+        return out
 
 
 # -- the Learner ----------------------------------------------------------------------------------
@@ -456,15 +532,20 @@ class MAMLRL(Algorithm):
 
     # -- evaluation and baselines -------------------------------------------------------------------
     def evaluate_tasks(self, tasks: Sequence[Dict[str, Any]], inner_steps: int, seed: int, *, slot: str = DEFAULT,
-                       params: Optional[core.Params] = None, inner_lr: Optional[float] = None) -> np.ndarray:
+                       params: Optional[core.Params] = None, inner_lr: Optional[float] = None,
+                       return_success: bool = False):
         """Mean episode return per (task, inner steps 0..``inner_steps``), ``[len(tasks), K+1]``.
-        Task ``i`` uses seed ``seed_for(seed, 2, i)`` whatever the policy: paired comparisons."""
+        Task ``i`` uses seed ``seed_for(seed, 2, i)`` whatever the policy: paired comparisons.
+        ``return_success=True``: ``(returns, success)``, ``success`` the same shape, the fraction of
+        the task's episodes in which ``info["success"]`` was true at some step (Meta-World), or
+        None when the env does not report ``success``."""
         params = params if params is not None else self.get_params(slot)
         seeds = [core.seed_for(seed, 2, i) for i in range(len(tasks))]
         env_config = self._baselines.get(slot, {}).get("env_config")
         res = self.sample(params, list(tasks), seeds, inner_steps, keep_data=False, env_config=env_config,
                           inner_lr=inner_lr)
-        return np.stack([r.returns for r in res])
+        returns = np.stack([r.returns for r in res])
+        return (returns, success_by_step(res)) if return_success else returns
 
     def baseline_names(self) -> List[str]:
         """The same-run baselines that apply to this env."""

@@ -11,7 +11,10 @@ RLlib Algorithm :class:`distmeta.rl.maml_algorithm.MAMLRL`.
   the mean episode return after 0..K inner steps (K = max(eval_inner_steps, inner_steps));
   ``mean_return`` after ``inner_steps`` steps, ``ci95``, ``mean_return_by_inner_steps``; at
   "test" the baselines and the paired differences MAML minus baseline. The
-  "pretrained_best_lr" baseline's inner learning rate is selected on validation tasks.
+  "pretrained_best_lr" baseline's inner learning rate is selected on validation tasks. Envs that
+  report ``info["success"]`` (Meta-World) add ``success_rate`` (after ``inner_steps`` steps),
+  ``success_rate_ci95`` and ``success_rate_by_inner_steps`` (an episode succeeds when
+  ``success`` is true at any of its steps).
 - ``state()``/``load()``: params, Adam state, meta-iteration, env steps, the baselines' params.
 """
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from distmeta.rl import maml_rl as core
+from distmeta.rl.common import paired_difference
 
 log = logging.getLogger("distmeta.rl")
 
@@ -34,6 +38,19 @@ def _split_tasks(cfg, n_val: int, n_test: int):
     from distmeta.rl.common import rl_tasks
 
     return rl_tasks(cfg.rl, n_val, n_test)
+
+
+def success_summary(success: np.ndarray, inner_steps: int) -> Dict[str, Any]:
+    """``success [tasks, K+1]`` (per task, the fraction of its episodes after k inner steps in which
+    Meta-World's ``info["success"]`` was true at some step) -> ``success_rate`` after
+    ``inner_steps`` steps, its 95 % CI over tasks and ``success_rate_by_inner_steps``
+    {"0": .., "1": .., ...}: the mean over tasks and episodes."""
+    s = np.asarray(success, dtype=np.float64)
+    k = min(inner_steps, s.shape[1] - 1)
+    n = len(s)
+    se = float(s[:, k].std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return {"success_rate": float(s[:, k].mean()), "success_rate_ci95": 1.96 * se,
+            "success_rate_by_inner_steps": {str(j): float(s[:, j].mean()) for j in range(s.shape[1])}}
 
 
 class MAMLRLMethod:
@@ -68,6 +85,16 @@ class MAMLRLMethod:
         cpus = sum(b.get("CPU", 0) for b in request.bundles)
         connect_ray(getattr(cfg.engine, "address", None), num_cpus=max(2, int(math.ceil(cpus))))
         return cls(cfg, cls.algorithm_config(cfg).build_algo())
+
+    @classmethod
+    def from_checkpoint(cls, cfg, state: Dict[str, Any]) -> "MAMLRLMethod":
+        """For evaluation (``distmeta eval``): the Algorithm built in this process without remote
+        EnvRunners or Learners (per-task seeds: the same numbers as any runner count), the
+        checkpoint's parameters and baselines loaded."""
+        rl = cfg.rl.model_copy(update={"num_env_runners": 0, "num_learners": 0})
+        method = cls.build(cfg.model_copy(update={"rl": rl}))
+        method.load(state)
+        return method
 
     @classmethod
     def resources(cls, cfg):
@@ -121,12 +148,20 @@ class MAMLRLMethod:
     def _eval_seed(self, split: str) -> int:
         return core.seed_for(self.cfg.seed, 7, 0 if split == "val" else 1)
 
-    def evaluate(self, split: str, episodes: Optional[int] = None) -> Dict[str, Any]:
+    def evaluate(self, split: str, episodes: Optional[int] = None, inner_steps: Optional[int] = None,
+                 **_) -> Dict[str, Any]:
+        """``inner_steps`` (``distmeta eval --inner-steps``): the headline after that many steps."""
         m = self.rl.maml
+        if inner_steps is not None:
+            m = m.model_copy(update={"inner_steps": inner_steps,   # 0: the headline before adaptation
+                                     "eval_inner_steps": max(m.eval_inner_steps, inner_steps)})
         tasks = self._tasks(split, episodes)
         seed = self._eval_seed(split)
-        ev = self.algo.evaluate_tasks(tasks, max(m.eval_inner_steps, m.inner_steps), seed)
+        ev, success = self.algo.evaluate_tasks(tasks, max(m.eval_inner_steps, m.inner_steps), seed,
+                                               return_success=True)
         out: Dict[str, Any] = {"split": split, **core.summary_by_inner_steps(ev, m.inner_steps)}
+        if success is not None:
+            out.update(success_summary(success, m.inner_steps))
         if split == "test" and self.baselines_trained:
             out.update(self._baselines(tasks, ev, seed))
         return {**out, "env": self.rl.env, "algorithm": "maml_rl"}
@@ -142,15 +177,15 @@ class MAMLRLMethod:
             ev_b = self.algo.evaluate_tasks(tasks, K, seed, slot="pretrained")
             base["pretrained"] = trim(core.summary_by_inner_steps(ev_b, K))
             base["pretrained_0_steps"] = trim(core.summary_by_inner_steps(ev_b, 0))
-            out["vs_pretrained"] = core.paired_difference(ev[:, K], ev_b[:, K])
+            out["vs_pretrained"] = paired_difference(ev[:, K], ev_b[:, K])
             lr = self.pretrained_lr()
             ev_t = self.algo.evaluate_tasks(tasks, K, seed, slot="pretrained", inner_lr=lr)
             base["pretrained_best_lr"] = {**trim(core.summary_by_inner_steps(ev_t, K)), "inner_lr": lr}
-            out["vs_pretrained_best_lr"] = core.paired_difference(ev[:, K], ev_t[:, K])
+            out["vs_pretrained_best_lr"] = paired_difference(ev[:, K], ev_t[:, K])
         if "oracle" in names:
             ev_o = self.algo.evaluate_tasks(tasks, 0, seed, slot="oracle")
             base["oracle"] = trim(core.summary_by_inner_steps(ev_o, 0))
-            out["vs_oracle"] = core.paired_difference(ev[:, K], ev_o[:, 0])
+            out["vs_oracle"] = paired_difference(ev[:, K], ev_o[:, 0])
         self.baseline_means = {k: float(v["mean_return"]) for k, v in base.items()}
         return out
 

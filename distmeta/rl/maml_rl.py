@@ -387,14 +387,3 @@ def summary_by_inner_steps(returns_by_step: np.ndarray, inner_steps: int) -> Dic
     out["mean_return_by_inner_steps"] = {str(k): float(r[:, k].mean()) for k in range(r.shape[1])}
     out["ci95_by_inner_steps"] = {str(k): summarize(r[:, k])["ci95"] for k in range(r.shape[1])}
     return out
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray) -> Dict[str, Any]:
-    """MAML minus a baseline on the same held-out tasks: mean of d_i = a_i - b_i, its standard
-    error s_d / sqrt(n), the 95 % CI half-width and the mean in standard errors (d / se)."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-    mean = float(d.mean())
-    return {"mean_difference": mean, "se": se, "ci95": 1.96 * se, "standard_errors": mean / se if se > 0 else
-            float("nan"), "tasks": int(len(d))}
-

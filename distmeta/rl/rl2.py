@@ -10,7 +10,8 @@ over :class:`~distmeta.rl.trial_wrapper.TrialWrapper` episodes (``rl2.recurrent`
 - :func:`build_module` / :func:`module_from_state`: the same RLModule built
   without Ray, for evaluation from a checkpoint (a torch state dict).
 - :func:`evaluate_module`: held-out evaluation, batched over tasks, returning
-  per-task returns for each episode index within a trial (the adaptation curve).
+  per-task returns for each episode index within a trial (the adaptation curve)
+  and, for envs that report ``info["success"]`` (Meta-World), per-episode success.
 """
 from __future__ import annotations
 
@@ -171,13 +172,19 @@ def _tree_map(fn, tree):
 
 @torch.no_grad()
 def evaluate_module(module, rl: RLConfig, tasks: Sequence[Dict[str, Any]], seed: int = 0,
-                    batch: int = 1000) -> np.ndarray:
+                    batch: int = 1000, return_success: bool = False):
     """Run one trial per task with the recurrent policy (sampling actions, state carried
-    through the trial). Returns returns per (task, episode index within the trial)."""
+    through the trial). Returns returns per (task, episode index within the trial).
+
+    ``return_success=True``: ``(returns, success)`` where ``success[task, episode]`` is 1.0 when
+    the env's ``info["success"]`` (Meta-World) was true at any step of that episode, else 0.0;
+    ``success`` is None when the env never reports ``success``."""
     from ray.rllib.core.columns import Columns
 
     K = rl.rl2.episodes_per_trial
     out = np.zeros((len(tasks), K))
+    success = np.zeros((len(tasks), K))
+    reports_success = False
     dist_cls = module.get_exploration_action_dist_cls()
     gen = torch.Generator().manual_seed(int(seed))
     for start in range(0, len(tasks), batch):
@@ -200,9 +207,15 @@ def evaluate_module(module, rl: RLConfig, tasks: Sequence[Dict[str, Any]], seed:
             for i, env in enumerate(envs):
                 if done[i]:
                     continue
-                o, _, term, trunc, _ = env.step(actions[i])
+                o, _, term, trunc, info = env.step(actions[i])
                 obs[i] = o
+                if "success" in info:
+                    reports_success = True
+                    if info["success"]:
+                        success[start + i, int(info["sub_episode"])] = 1.0
                 if term or trunc:
                     done[i] = True
                     out[start + i] = env.sub_episode_returns
+    if return_success:
+        return out, (success if reports_success else None)
     return out

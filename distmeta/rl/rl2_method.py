@@ -3,14 +3,16 @@ one RLlib PPO iteration (EnvRunners sample trials, Learners update the recurrent
 policy); evaluation runs one trial per validation or test task with the policy's
 recurrent state carried through the trial. The score is the mean total return of
 a trial; at the test split the same-run baselines (Thompson sampling, Gittins,
-PSRL, random, ...) run on the same tasks.
+PSRL, random, ...) run on the same tasks and RL^2 is compared with each of them
+task by task (paired differences, ``vs_<baseline>``). On Meta-World the success
+rate is reported next to the return.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from distmeta.rl.common import baseline_summaries, plot_curve, rl_tasks, to_plain
+from distmeta.rl.common import plot_curve, rl_tasks, to_plain
 
 
 class RL2Method:
@@ -76,20 +78,59 @@ class RL2Method:
     def module(self):
         return self._module if self._module is not None else self.algo.get_module()
 
+    def _tasks(self, split: str, episodes: Optional[int]) -> List[Dict[str, Any]]:
+        """The first ``episodes`` tasks of ``split`` (the split is redrawn, same seeds, when more
+        are asked for than the run's eval settings hold)."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split {split!r}: expected 'val' or 'test'")
+        tasks = self.val_tasks if split == "val" else self.test_tasks
+        if episodes is not None and int(episodes) > len(tasks):
+            n = int(episodes)
+            _, val, test = rl_tasks(self.rl, max(n, len(self.val_tasks)) if split == "val" else len(self.val_tasks),
+                                    max(n, len(self.test_tasks)) if split == "test" else len(self.test_tasks))
+            tasks = val if split == "val" else test
+        return list(tasks)[:episodes]
+
     def evaluate(self, split: str, episodes: Optional[int] = None, **_) -> Dict[str, Any]:
-        """Mean trial return (95 % CI) over ``episodes`` tasks of ``split``; at ``test`` also the
-        same-run baselines on the same tasks and the fraction of Thompson's and Gittins' return."""
+        """Mean trial return (95 % CI) over ``episodes`` tasks of ``split``.
+
+        At ``test`` the same-run baselines run on exactly the same task list (``baselines``), and
+        for each baseline ``vs_<name>``: the paired difference of total trial return, RL^2 minus
+        the baseline, task by task (:func:`~distmeta.rl.common.paired_difference`: mean difference,
+        se, 95 % CI half-width); for Thompson, Gittins and PSRL also ``fraction_of_<name>`` (RL^2's
+        mean over the baseline's) and ``fraction_of_<name>_ci95`` (delta method over the pairs).
+        ``task_digest`` names the task list (the same for RL^2 and the baselines).
+        Envs that report ``info["success"]`` (Meta-World) add ``success_rate`` (fraction of the
+        trials' episodes with success at some step), ``success_rate_last_episode`` (fraction of
+        trials whose last episode succeeded) and ``success_rate_by_episode``."""
+        import hashlib
+
+        from distmeta.envs import task_key
         from distmeta.rl import rl2
         from distmeta.rl.baselines import summarize
+        from distmeta.rl.common import (baseline_returns, baseline_summaries, paired_difference, ratio_of_means,
+                                        success_summary, totals)
 
-        tasks = (self.val_tasks if split == "val" else self.test_tasks)[:episodes]
+        tasks = self._tasks(split, episodes)
         seed = self.cfg.seed + (1 if split == "test" else 2)
-        out = {**summarize(rl2.evaluate_module(self.module(), self.rl, tasks, seed=seed)), "split": split}
+        returns, success = rl2.evaluate_module(self.module(), self.rl, tasks, seed=seed, return_success=True)
+        digest = hashlib.sha256("\n".join(task_key(t) for t in tasks).encode()).hexdigest()[:16]
+        out = {**summarize(returns), "split": split, "task_digest": digest}
+        if success is not None:
+            out.update(success_summary(success))
         if split == "test" and self.rl.baselines:
-            out["baselines"] = baseline_summaries(self.rl, tasks, seed)
+            base = baseline_returns(self.rl, tasks, seed)
+            out["baselines"] = baseline_summaries(self.rl, tasks, seed, base)
+            agent = totals(returns)
+            for name, r in base.items():
+                if len(r) != len(tasks):
+                    raise RuntimeError(f"baseline {name}: {len(r)} tasks, RL^2 ran {len(tasks)}")
+                out[f"vs_{name}"] = paired_difference(agent, totals(r))
             for name in ("thompson", "gittins", "psrl"):
-                if name in out["baselines"]:
-                    out[f"fraction_of_{name}"] = out["mean_return"] / out["baselines"][name]["mean_return"]
+                if name in base:
+                    ratio = ratio_of_means(agent, totals(base[name]))
+                    out[f"fraction_of_{name}"] = ratio["fraction"]
+                    out[f"fraction_of_{name}_ci95"] = ratio["ci95"]
             self.final_baselines = {k: v["mean_return"] for k, v in out["baselines"].items()}
         return {**out, "env": self.rl.env, "algorithm": "rl2"}
 
