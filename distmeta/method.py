@@ -13,8 +13,9 @@ final test evaluation. A method owns what one iteration means:
 
 Contract:
 - ``build(cfg)`` (a classmethod) creates the method from a validated config;
-  ``resources(cfg)`` (a classmethod) is the Ray resource request of one run
-  (a Tune trial's placement group), or None for the driver alone.
+  ``from_checkpoint(cfg, state)`` creates one for evaluation only (no actors;
+  ``distmeta eval``); ``resources(cfg)`` (a classmethod) is the Ray resource
+  request of one run (a Tune trial's placement group), or None for the driver alone.
 - ``iteration`` counts finished iterations; ``done()`` says the budget is spent.
 - ``step()`` runs one iteration and returns its metrics (floats), including
   ``work`` (tasks or env steps done) under the name ``work_unit`` says.
@@ -44,6 +45,9 @@ class Method(Protocol):
 
     @classmethod
     def build(cls, cfg) -> "Method": ...
+
+    @classmethod
+    def from_checkpoint(cls, cfg, state: Dict[str, Any]) -> "Method": ...
 
     @classmethod
     def resources(cls, cfg) -> Optional[Any]: ...
