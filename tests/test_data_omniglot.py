@@ -96,10 +96,11 @@ def test_minimal_preset(small1):
     splits = omniglot_splits(cfg(preset="minimal"))
     assert set(splits) == {"train", "val", "test"}
     assert splits["train"].classes == small1.classes
-    for name in ("val", "test"):
-        assert sorted(set(splits[name].groups)) == sorted(MINIMAL_EVAL_ALPHABETS)
-        assert splits[name].num_classes == 106 and len(splits[name].images) == 2120
-    assert_disjoint([splits["train"], splits["val"]])
+    assert sorted(set(splits["val"].groups)) == ["Tagalog"]
+    assert sorted(set(splits["test"].groups)) == ["Japanese_(katakana)", "Sanskrit"]
+    assert splits["val"].num_classes == 17 and splits["test"].num_classes == 89
+    assert set(splits["val"].groups) | set(splits["test"].groups) == set(MINIMAL_EVAL_ALPHABETS)
+    assert_disjoint([splits["train"], splits["val"], splits["test"]])   # selection never sees a test character
 
 
 def test_split_specs_select_and_exclude():

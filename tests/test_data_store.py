@@ -53,8 +53,8 @@ def test_schema_and_info(store):
     assert table.num_rows == ROWS == info["rows"]
     assert table.column("drawer")[0].as_py() == "01" and table.column("file")[0].as_py() == "0108_01.png"
     assert info["classes"] == 242 and info["image_shapes"] == [[28, 28, 1]] and info["bytes"] > 0
-    assert info["splits"] == {"train": {"rows": 2720, "classes": 136}, "val": {"rows": 2120, "classes": 106},
-                              "test": {"rows": 2120, "classes": 106}}
+    assert info["splits"] == {"train": {"rows": 2720, "classes": 136}, "val": {"rows": 340, "classes": 17},
+                              "test": {"rows": 1780, "classes": 89}}
     assert info["source_sets"] == {"background_small1": 2720, "background_small2": 3120}
     assert info["metadata"]["preset"] == "minimal" and info["metadata"]["image_size"] == 28
 
