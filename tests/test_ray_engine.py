@@ -166,7 +166,7 @@ def test_large_parameters_go_to_the_object_store_once(ray_session, omniglot_dir,
 def test_worker_lost_mid_shard_gives_the_fault_free_result(ray_session, omniglot_dir, tmp_path, mode, caplog):
     """Large parameters, so the actor-call path (not a compiled graph) sees the failure."""
     alg = {"name": "protonet"}
-    timeout = {"shard_timeout_s": 15} if mode == "hang" else {}
+    timeout = {"shard_timeout_s": 25} if mode == "hang" else {}   # room for a loaded machine's healthy shards
     clean = final_params(train(omniglot_config(omniglot_dir, alg, 2, channels=24, **timeout),
                                out=tmp_path / "clean", progress=False))
     engines = []
@@ -181,10 +181,10 @@ def test_worker_lost_mid_shard_gives_the_fault_free_result(ray_session, omniglot
     rows = (result.path / "metrics.csv").read_text().strip().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5]
     assert_same_params(clean, final_params(result), rtol=1e-9)
-    expected = "did not return shard (4, 7) of step 2 within 15s" if mode == "hang" else "died during shard (4, 7) of step 2"
+    expected = "did not return shard (4, 7) of step 2 within 25s" if mode == "hang" else "died during shard (4, 7) of step 2"
     assert expected in caplog.text
-    if mode == "hang":   # the shard timeout tripped: the run waited about 15 s, not forever
-        assert 15 <= time.monotonic() - t0 < 150
+    if mode == "hang":   # the shard timeout tripped: the run waited about 25 s, not forever
+        assert 25 <= time.monotonic() - t0 < 200
 
 
 def sinusoid_config(workers=0, **engine):
