@@ -506,8 +506,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the temp folder (driver logs, Ray logs)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args(argv)
-    # every Ray node on the loopback address (Ray would advertise the machine's network address)
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # stdout carries the report alone: Ray (its messages about dead nodes, its node processes) writes
     # to fd 1 too, so fd 1 points to stderr until the end
     sys.stdout.flush()

@@ -36,7 +36,7 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "eval", help="evaluate a trained run on held-out tasks",
-        description="Score a run's final checkpoint on its test tasks: mean and 95 %% CI (a table, or one "
+        description="Score a run's final checkpoint on its test tasks: mean and 95 % CI (a table, or one "
                     "JSON object with --json whose headline key is accuracy, mse or mean_return).")
     p.add_argument("run", help="run folder or checkpoint file")
     p.add_argument("--episodes", type=int, help="held-out episodes (default eval.final_episodes)")

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from distmeta.config import ALGORITHMS
 from distmeta.schema import AlgorithmConfig, ExperimentConfig, Section
 
-SECTIONS = ["data", "task", "model", "optim", "engine", "eval", "checkpoint", "rl", "tune"]
+SECTIONS = ["data", "task", "model", "optim", "engine", "eval", "checkpoint", "tracking", "rl", "tune"]
 
 
 def _type_name(annotation) -> str:

@@ -154,6 +154,12 @@ class CheckpointConfig(Section):
     keep_best: Bool = Field(True, description="keep best.pt, selected on validation")
 
 
+class TrackingConfig(Section):
+    """Where metrics go besides metrics.csv and TensorBoard."""
+    mlflow_uri: Optional[str] = Field(None, description="MLflow tracking URI (needs the mlflow extra); None: off")
+    mlflow_experiment: Optional[str] = Field(None, description="MLflow experiment name (default: the run name)")
+
+
 # --------------------------------------------------------------------------- Meta-RL sections
 class RL2Section(Section):
     episodes_per_trial: Int = Field(10, gt=0, description="K episodes of one task joined into one RLlib episode")
@@ -269,6 +275,7 @@ class ExperimentConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="validation during training, final test")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpoint cadence")
     log_every: Int = Field(10, gt=0, description="iterations between metric rows")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow, besides TensorBoard")
     rl: Optional[RLConfig] = Field(None, description="Meta-RL section (RL^2, MAML-RL); replaces data/task/model")
     tune: Optional[TuneConfig] = Field(None, description="Ray Tune search over this experiment's fields")
 

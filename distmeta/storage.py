@@ -106,7 +106,7 @@ def committed(remote: Remote) -> List[str]:
     return [n[: -len(MARKER)] for n in remote.list("checkpoints") if n.endswith(MARKER)]
 
 
-SMALL_FILES = ["config.yaml", "provenance.json", "metrics.csv", "results.json"]
+SMALL_FILES = ["config.yaml", "provenance.json", "metrics.csv", "results.json", "mlflow_run_id"]
 
 
 def publish(remote: Remote, local: Path, checkpoint: Optional[Path] = None, extra: Optional[List[str]] = None,

@@ -147,7 +147,10 @@ def build_tuner(data: Dict[str, Any], out: Optional[str] = None):
                              search_alg=make_searcher(tc, metric, mode),
                              max_concurrent_trials=tc.max_concurrent or None)
     storage, name = storage_and_name(out, cfg.name)
+    from distmeta.engine.tracking import tune_callbacks
+
     run_cfg = RunConfig(name=name, storage_path=storage, stop=tc.stop or None, verbose=1,
+                        callbacks=tune_callbacks(cfg) or None,
                         # Every trial checkpoint is kept (a learner state: small). Tune writes its experiment
                         # snapshot at most every ~10 s, so with rotation (num_to_keep) a kill between a
                         # rotation and the next snapshot leaves a snapshot naming a deleted checkpoint and

@@ -13,10 +13,6 @@ REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT_DIR = Path(os.environ.get("DISTMETA_DATA_DIR") or REPO / "distmeta" / "data" / "omniglot_minimal")
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Every Ray node of the tests (and of the processes they start) on the loopback address: Ray
-# would otherwise advertise the machine's network address. (Ray reads this variable to keep
-# nodes on localhost where it does not support clusters; "0" does the same on Linux.)
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 torch.set_num_threads(1)
 

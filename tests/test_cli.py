@@ -64,6 +64,7 @@ def test_subcommand_help(path, capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: distmeta " + " ".join(path))
+    assert "%%" not in out   # argparse formats help strings, not descriptions: no doubled percent signs
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.name for p in EXPERIMENTS])

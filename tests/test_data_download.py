@@ -52,7 +52,15 @@ def leftovers(folder):
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def test_download_verifies_md5_and_feeds_the_reader(tmp_path, serve):
+@pytest.fixture
+def nothing_shipped(tmp_path, monkeypatch):
+    """As on an install without the shipped minimal sets: the reader must download them."""
+    import distmeta.data.omniglot as omniglot
+
+    monkeypatch.setattr(omniglot, "SHIPPED", tmp_path / "not-shipped")
+
+
+def test_download_verifies_md5_and_feeds_the_reader(tmp_path, serve, nothing_shipped):
     site = tmp_path / "site"
     site.mkdir()
     shutil.copy(omniglot_zip("background_small1"), site / f"{STEM}.zip")
@@ -89,7 +97,7 @@ def test_missing_file_on_server(tmp_path, serve):
     assert "404" in str(exc.value) and leftovers(tmp_path / "data") == []
 
 
-def test_unreachable_server_says_what_to_put_where(tmp_path):
+def test_unreachable_server_says_what_to_put_where(tmp_path, nothing_shipped):
     with socket.socket() as sock:  # reserve then release a port: nothing listens there
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -32,7 +32,7 @@ from distmeta.storage import is_uri
 log = logging.getLogger("distmeta")
 
 # Fields that may change between a checkpoint and the run resuming from it.
-RESUMABLE_FIELDS = ("name", "budget", "log_every", "optim.steps", "engine", "eval", "checkpoint",
+RESUMABLE_FIELDS = ("name", "budget", "log_every", "tracking", "optim.steps", "engine", "eval", "checkpoint",
                     "data.root", "data.store", "data.download", "data.base_url", "tune", "rl.env_steps",
                     "rl.num_env_runners", "rl.num_learners")
 
@@ -179,6 +179,9 @@ class RunLoop:
         self.max_iterations = max_iterations
         self.logger = MetricsLogger(run.path)
         self.logger.truncate_after(method.iteration)
+        from distmeta.engine.tracking import make_tracker
+
+        self.tracker = make_tracker(cfg, run.path)
         self.show = sys.stderr.isatty() if progress is None else progress
         self.window: Dict[str, float] = {}
         self.window_steps, self.work, self.train_time, self.eval_time = 0, 0.0, 0.0, 0.0
@@ -249,6 +252,8 @@ class RunLoop:
         if self.eval_time:
             row["eval_time_s"] = self.eval_time
         self.logger.log(it, row)
+        if self.tracker is not None:
+            self.tracker.log(it, row)
         line = format_progress(it, m, row)
         if self.show:
             print("\r" + line, end="", file=sys.stderr, flush=True)
@@ -275,6 +280,9 @@ class RunLoop:
         final = {"checkpoint": "final", "iteration": m.iteration, **final}
         self.run_dir.write_json("results.json", final)
         self.logger.close()
+        if self.tracker is not None:
+            self.tracker.log(m.iteration, {f"test_{k}": v for k, v in final.items()})
+            self.tracker.close()
         try:
             from distmeta.plots import plot_curves
 
