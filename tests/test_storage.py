@@ -61,6 +61,18 @@ def test_uri_detection():
     assert is_uri("s3://b/x") and is_uri("file:///tmp/x") and not is_uri("runs/x")
 
 
+def test_runs_without_out_go_to_distmeta_runs(monkeypatch):
+    """A location set once per cluster (a submitted job without --out writes there)."""
+    from distmeta.config import from_dict
+    from distmeta.engine.trainer import default_run_dir
+
+    cfg = from_dict({"name": "where"})
+    monkeypatch.setenv("DISTMETA_RUNS", "s3://lab-runs/distmeta/")
+    assert str(default_run_dir(cfg)).startswith("s3://lab-runs/distmeta/where-")
+    monkeypatch.delenv("DISTMETA_RUNS")
+    assert str(default_run_dir(cfg)).startswith("runs/where-")
+
+
 def test_killed_run_resumes_from_the_bucket_with_uninterrupted_parameters(s3, tmp_path):
     cfg_file = tmp_path / "sin.yaml"
     cfg_file.write_text(yaml.safe_dump(SIN))
