@@ -92,7 +92,7 @@ def reference() -> str:
         rows.append(f"| `{name}` | {_type_name(f.annotation)} | `{_default(f)}` | {_range(f)} | {f.description} |")
     lines += rows + [""]
     lines += ["## `algorithm`", "", "Fields every algorithm has:", ""] + _table(AlgorithmConfig, "algorithm.")
-    for name in ALGORITHMS.names():
+    for name in [n for n in ALGORITHMS.names() if n not in ALGORITHMS.user_entries()]:  # distmeta's own
         model = getattr(ALGORITHMS.get(name), "config_class", AlgorithmConfig)
         own = [n for n in model.model_fields if n not in AlgorithmConfig.model_fields]
         lines += [f"### `algorithm.name: {name}`", ""]

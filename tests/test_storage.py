@@ -133,8 +133,8 @@ def test_out_on_an_existing_bucket_run_is_refused(s3, tmp_path, capsys):
     assert "a run folder already exists there" in capsys.readouterr().err
 
 
-TUNE = {**SIN, "name": "s3tune", "optim": {**SIN["optim"], "steps": 120},
-        "eval": {"every": 10, "episodes": 4, "final_episodes": 4}, "checkpoint": {"every": 1000},
+TUNE = {**SIN, "name": "s3tune", "optim": {**SIN["optim"], "steps": 300},
+        "eval": {"every": 20, "episodes": 4, "final_episodes": 4}, "checkpoint": {"every": 1000},
         "engine": {"workers": 0, "learner_num_cpus": 0.5},
         "tune": {"space": {"optim.lr": {"grid": [0.001, 0.002]}}, "metric": "mse", "mode": "min",
                  "max_concurrent": 1}}
@@ -149,15 +149,23 @@ def test_tune_search_writes_to_the_bucket_and_resumes_there(s3, tmp_path):
     cfg_file = tmp_path / "tune.yaml"
     cfg_file.write_text(yaml.safe_dump(TUNE))
     uri = "s3://bkt/searches/s3tune"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    # snapshots every second (Tune's default period is longer than a trial here)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, "-m", "distmeta.cli", "tune", str(cfg_file), "--out", uri],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     remote = Remote(uri)
 
-    def snapshot_names_a_checkpoint():
-        names = [n for n in remote.list("") if n.startswith("experiment_state")]
-        return any("checkpoint_0000" in remote.read_bytes(n).decode(errors="ignore") for n in names)
+    def snapshot_names_a_checkpoint():  # of a trial still running: the kill lands mid-search
+        for name in [n for n in remote.list("") if n.startswith("experiment_state")]:
+            try:
+                trials = json.loads(remote.read_bytes(name))["trial_data"]
+            except ValueError:
+                continue
+            running = [json.loads(b) for a, b in trials if json.loads(a)["status"] == "RUNNING"]
+            if any("checkpoint_0000" in json.dumps(b) for b in running):
+                return True
+        return False
 
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not snapshot_names_a_checkpoint():
@@ -171,4 +179,4 @@ def test_tune_search_writes_to_the_bucket_and_resumes_there(s3, tmp_path):
     summary = json.loads(remote.read_bytes("summary.json"))
     assert len(summary["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in summary["trials"])
     best = summary["best"]["path"]
-    assert best.startswith(uri) and load_checkpoint(best)["step"] == 120
+    assert best.startswith(uri) and load_checkpoint(best)["step"] == 300
