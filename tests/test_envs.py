@@ -7,6 +7,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+from extras import needs_metaworld
 from gymnasium.utils.env_checker import check_env
 
 import distmeta.envs as E
@@ -241,16 +242,6 @@ def test_mujoco_envs_pickle_and_vectorize(env_id, tmp_path, monkeypatch):
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
 
 
-def _has_metaworld() -> bool:
-    try:
-        import metaworld  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-needs_metaworld = pytest.mark.skipif(not _has_metaworld(),
-                                     reason="needs the metaworld extra (pip install 'distmeta[metaworld]')")
 
 
 def _episode_return(env, task, steps=40):

@@ -14,6 +14,7 @@ import time
 import gymnasium as gym
 import numpy as np
 import pytest
+from extras import needs_metaworld
 import torch
 
 from distmeta.envs import MetaEnv
@@ -432,16 +433,6 @@ def test_success_summary_by_inner_steps():
     assert out["success_rate_ci95"] == pytest.approx(1.96 * s[:, 1].std(ddof=1) / 2)
 
 
-def _has_metaworld() -> bool:
-    try:
-        import metaworld  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-needs_metaworld = pytest.mark.skipif(not _has_metaworld(),
-                                     reason="needs the metaworld extra (pip install 'distmeta[metaworld]')")
 
 
 @pytest.mark.ray

@@ -8,6 +8,7 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
+from extras import needs_metaworld
 import torch
 
 import distmeta
@@ -382,16 +383,6 @@ def test_rl2_success_rate_per_trial(success_env):
     assert "success_rate" not in bandit.evaluate("val", None)
 
 
-def _has_metaworld() -> bool:
-    try:
-        import metaworld  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-needs_metaworld = pytest.mark.skipif(not _has_metaworld(),
-                                     reason="needs the metaworld extra (pip install 'distmeta[metaworld]')")
 
 
 @needs_metaworld
