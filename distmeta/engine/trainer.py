@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Optional, Union
 
 from distmeta.config import ExperimentConfig, from_dict, load_config
 from distmeta.engine.run_dir import CheckpointError, MetricsLogger, RunDir, load_checkpoint
+from distmeta.engine.tracking import make_tracker
 from distmeta.errors import DistmetaError, NonFiniteError
 from distmeta.method import method_class, method_key
 from distmeta.storage import is_uri
@@ -179,8 +180,6 @@ class RunLoop:
         self.max_iterations = max_iterations
         self.logger = MetricsLogger(run.path)
         self.logger.truncate_after(method.iteration)
-        from distmeta.engine.tracking import make_tracker
-
         self.tracker = make_tracker(cfg, run.path)
         self.show = sys.stderr.isatty() if progress is None else progress
         self.window: Dict[str, float] = {}
@@ -194,7 +193,8 @@ class RunLoop:
         self.work_total = float(loop_state.get("work_total", 0.0))
         with StopFlag() as stop:
             while not self._finished():
-                row = self._train_step()
+                self._train_step()
+                row: Dict[str, Any] = {}
                 it = self.method.iteration
                 last = self._finished()
                 if it % self.cfg.eval.every == 0 or last:
@@ -209,7 +209,8 @@ class RunLoop:
                     return "interrupted"
         return "finished"
 
-    def _train_step(self) -> Dict[str, Any]:
+    def _train_step(self) -> None:
+        """One iteration; its metrics join the window means of the next metrics row."""
         t0 = time.perf_counter()
         try:
             metrics = self.method.step()
@@ -222,7 +223,6 @@ class RunLoop:
             if key != "work" and value is not None and math.isfinite(value):
                 self.window[key] = self.window.get(key, 0.0) + value
         self.window_steps += 1
-        return {}
 
     def _validate(self) -> Dict[str, Any]:
         m = self.method
