@@ -69,8 +69,7 @@ def cmd_train(args) -> int:
     from distmeta.engine.trainer import train
     from distmeta.errors import DistmetaError
 
-    if args.steps is not None and args.steps <= 0:
-        raise DistmetaError(f"--steps: must be > 0, got {args.steps}")
+    _positive("steps", args.steps)
     if args.config:
         data = load_config_dict(args.config, args.overrides)
     elif args.resume and args.resume != "auto":
