@@ -68,6 +68,20 @@ class DataConfig(Section):
     test: SplitSpec = Field(default_factory=SplitSpec, description="classes of the test split")
 
 
+class AugmentConfig(Section):
+    """Affine jitter of training episodes' images (``distmeta/tasks/augment.py``)."""
+    rotate: Float = Field(10.0, ge=0, le=180, description="rotation range +- degrees")
+    shear: Float = Field(0.3, ge=0, le=1, description="shear range +-")
+    scale: List[Float] = Field(default_factory=lambda: [0.8, 1.2], description="scale range [low, high] per axis")
+    translate: Float = Field(2.0, ge=0, description="shift range +- pixels")
+
+    @model_validator(mode="after")
+    def _scale(self):
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale: expected [low, high] with 0 < low <= high, got {self.scale}")
+        return self
+
+
 class TaskConfig(Section):
     kind: str = Field("sinusoid", description="registered task distribution: sinusoid, classification or a user's")
     ways: Int = Field(5, gt=0, description="classes per episode")
@@ -76,6 +90,8 @@ class TaskConfig(Section):
     queries: Int = Field(15, ge=0, description="query examples per class (points per task for regression)")
     rotations: Bool = Field(False, description="90/180/270-degree rotations as new classes")
     within_group: Bool = Field(False, description="draw all classes of an episode from one alphabet")
+    augment: Optional[AugmentConfig] = Field(
+        None, description="affine jitter of training images, each image its own draw (none by default)")
     amplitude: List[Float] = Field(default_factory=lambda: [0.1, 5.0], description="sinusoid amplitude [low, high]")
     phase: List[Float] = Field(default_factory=lambda: [0.0, 3.141592653589793], description="sinusoid phase [low, high]")
     x_range: List[Float] = Field(default_factory=lambda: [-5.0, 5.0], description="sinusoid input range [low, high]")

@@ -1,7 +1,11 @@
 """Siamese networks for one-shot learning.
 
-Pairs (a, b) are drawn from an episode, balanced between same-class and
-different-class pairs. Two losses:
+Pairs (a, b) come from an episode, balanced between same-class and
+different-class pairs: ``pair_sampling: sampled`` draws ``pairs`` of them, half of
+each kind; ``all`` takes every pair of the episode's examples and weighs the two
+kinds equally, L = mean_same l(a, b) / 2 + mean_different l(a, b) / 2, so a 20-way
+episode with 6 examples per class (7,140 pairs from 120 embeddings) costs one
+forward pass. Two losses l:
 
 - ``contrastive`` (Hadsell, Chopra & LeCun 2006), with d = ||f(a) - f(b)||_2 and
   **y = 1 for a DIFFERENT-class pair, y = 0 for a same-class pair**:
@@ -37,13 +41,29 @@ from distmeta.schema import AlgorithmConfig, Float, Int
 class SiameseConfig(AlgorithmConfig):
     loss: Literal["contrastive", "verification"] = Field("contrastive", description="pair loss")
     margin: Float = Field(1.0, ge=0, description="contrastive margin m")
-    pairs: Int = Field(64, gt=0, description="pairs per episode, half same-class, half different-class")
+    pairs: Int = Field(64, gt=0, description="pairs per episode (pair_sampling: sampled), half same-class")
+    pair_sampling: Literal["sampled", "all"] = Field(
+        "sampled", description="sampled: `pairs` random pairs; all: every pair, both kinds weighted equally")
 
 
-def contrastive_loss(d: torch.Tensor, different: torch.Tensor, margin: float) -> torch.Tensor:
-    """mean[(1 - y) d^2 + y max(0, m - d)^2] with y = 1 for different-class pairs."""
+def contrastive_loss(d: torch.Tensor, different: torch.Tensor, margin: float,
+                     weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """mean[(1 - y) d^2 + y max(0, m - d)^2] with y = 1 for different-class pairs
+    (the ``weight``-weighted sum instead of the mean when weights are given)."""
     y = different.to(d.dtype)
-    return ((1 - y) * d ** 2 + y * torch.clamp(margin - d, min=0) ** 2).mean()
+    per_pair = (1 - y) * d ** 2 + y * torch.clamp(margin - d, min=0) ** 2
+    return per_pair.mean() if weight is None else (weight * per_pair).sum()
+
+
+def all_pairs(labels: torch.Tensor):
+    """Every pair i < j of the examples, and weights that give same-class and
+    different-class pairs half of the total each (a kind that is absent gets none)."""
+    a, b = torch.triu_indices(len(labels), len(labels), offset=1)
+    same = labels[a] == labels[b]
+    n_same, n_diff = int(same.sum()), int((~same).sum())
+    kinds = (n_same > 0) + (n_diff > 0)
+    weight = torch.where(same, 1.0 / max(n_same, 1), 1.0 / max(n_diff, 1)) / max(kinds, 1)
+    return a, b, weight
 
 
 def balanced_pairs(labels: torch.Tensor, n_pairs: int, seed: int):
@@ -88,20 +108,25 @@ class Siamese(Algorithm):
     def task_gradient(self, model, params, buffers, task):
         x = torch.cat([task["support_x"], task["query_x"]])
         y = torch.cat([task["support_y"], task["query_y"]])
-        a, b = balanced_pairs(y, self.cfg.pairs, int(task["seed"]))
+        if self.cfg.pair_sampling == "all":
+            a, b, weight = all_pairs(y)
+        else:
+            a, b = balanced_pairs(y, self.cfg.pairs, int(task["seed"]))
+            weight = torch.full((len(a),), 1.0 / len(a))
         different = (y[a] != y[b])
 
         def pair_loss(p):
             z = forward(model, p, buffers, x)
             sim = self.pair_similarity(p, z[a], z[b])
+            w = weight.to(sim.dtype)
             if self.cfg.loss == "verification":
-                loss = F.binary_cross_entropy_with_logits(sim, (~different).to(sim.dtype))
-                correct = ((sim > 0) == ~different).float().mean()
+                loss = F.binary_cross_entropy_with_logits(sim, (~different).to(sim.dtype), weight=w,
+                                                          reduction="sum")
+                correct = (sim > 0) == ~different
             else:
-                d = -sim
-                loss = contrastive_loss(d, different, self.cfg.margin)
-                correct = ((d < self.cfg.margin / 2) == ~different).float().mean()
-            return loss, {"loss": loss.detach(), "pair_accuracy": correct}
+                loss = contrastive_loss(-sim, different, self.cfg.margin, w)
+                correct = (-sim < self.cfg.margin / 2) == ~different
+            return loss, {"loss": loss.detach(), "pair_accuracy": (w * correct.to(w.dtype)).sum()}
 
         return torch.func.grad(pair_loss, has_aux=True)(params)
 

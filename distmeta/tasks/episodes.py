@@ -4,7 +4,8 @@ An episode draws N classes (optionally all from one alphabet/group), then K
 support and Q query images per class without replacement, and relabels the
 classes 0..N-1 in random order. With ``rotations`` every class c and rotation
 r in {0, 90, 180, 270} degrees is a distinct class (4x the classes), as in the
-MAML and ProtoNets papers. Images become float [C, H, W] in [0, 1].
+MAML and ProtoNets papers. Images become float [C, H, W] in [0, 1]; training
+episodes may get per-image affine jitter (``task.augment``, tasks/augment.py).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 from distmeta.schema import ConfigError
 from distmeta.data.base import ImageClassDataset
 from distmeta.registry import TASKS
+from distmeta.tasks.augment import affine_jitter
 from distmeta.tasks.base import TaskDistribution
 
 
@@ -20,8 +22,9 @@ class EpisodeSampler(TaskDistribution):
     kind = "classification"
 
     def __init__(self, dataset: ImageClassDataset, ways: int, shots: int, queries: int,
-                 rotations: bool = False, within_group: bool = False, split: str = "train"):
+                 rotations: bool = False, within_group: bool = False, split: str = "train", augment=None):
         self.data, self.ways, self.shots, self.queries = dataset, ways, shots, queries
+        self.augment = augment
         self.rotations, self.within_group = rotations, within_group
         img = dataset.images
         self.input_shape = (1, *img.shape[1:3]) if img.ndim == 3 else (img.shape[3], *img.shape[1:3])
@@ -59,8 +62,11 @@ class EpisodeSampler(TaskDistribution):
             xs.append(imgs[: self.shots]), xq.append(imgs[self.shots:])
             ys += [label] * self.shots
             yq += [label] * self.queries
-        return {"support_x": self._float(np.concatenate(xs)), "support_y": np.array(ys, np.int64),
-                "query_x": self._float(np.concatenate(xq)), "query_y": np.array(yq, np.int64),
+        support_x, query_x = self._float(np.concatenate(xs)), self._float(np.concatenate(xq))
+        if self.augment is not None:  # drawn last: the episode's classes and images do not change
+            support_x, query_x = (affine_jitter(x, rng, self.augment) for x in (support_x, query_x))
+        return {"support_x": support_x, "support_y": np.array(ys, np.int64),
+                "query_x": query_x, "query_y": np.array(yq, np.int64),
                 "seed": np.int64(seed % (2 ** 62))}
 
     @staticmethod
@@ -75,7 +81,8 @@ def classification(task_cfg, datasets, split):
         raise ConfigError(f"data: the dataset has no {split!r} split (needed by task.kind=classification)")
     ways = task_cfg.train_ways if (split == "train" and task_cfg.train_ways) else task_cfg.ways
     return EpisodeSampler(datasets[split], ways, task_cfg.shots, task_cfg.queries,
-                          task_cfg.rotations, task_cfg.within_group, split)
+                          task_cfg.rotations, task_cfg.within_group, split,
+                          task_cfg.augment if split == "train" else None)
 
 
 classification.kind, classification.inputs = "classification", "images"
