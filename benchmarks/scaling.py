@@ -28,9 +28,22 @@ parallel efficiency (speed-up / W), the engine's overhead outside compute (its o
 the step), bytes moved per step (``engine.bytes_last_step``) and the fraction of the
 ceiling. ``ray.init(address="local", num_cpus=max W)`` once for the whole run.
 
-    python benchmarks/scaling.py --steps 10           # table
+The train workload times what a user runs, so that the rows above cannot drift from it:
+  train     ``distmeta train experiments/sinusoid_maml.yaml --steps N --set
+            engine.workers=W --set eval.every=100000`` as a subprocess with the
+            environment this script started with, for each W of ``--train-workers``
+            (counts or auto), against the in-process meta-gradient of the same config
+            (``LocalEngine``, fixed parameters) with 1 thread and with the threads train
+            uses. ABA: meta-gradient rows, one train run, the rows again, the next run...;
+            each run is compared with the mean of the rows just before and after it.
+            Its tasks/s is the loop's own (``metrics.csv``: training time, as the progress
+            line); its wall time and end-to-end tasks/s include start-up, Ray, the
+            validation at the last step, the final test evaluation and the plots.
+
+    python benchmarks/scaling.py --steps 10           # tables
     python benchmarks/scaling.py --steps 10 --json    # one JSON object on stdout
     python benchmarks/scaling.py --workers 1 2 --only sinusoid
+    python benchmarks/scaling.py --only train --train-steps 2000 --train-workers 0 1 2 auto
 
 Not a test: it takes minutes. Progress goes to stderr.
 """
@@ -41,11 +54,13 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional
 
+USER_ENV = dict(os.environ)  # before _common sets OMP_WAIT_POLICY: what `distmeta train` would see
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402  (also puts the repo on sys.path, registers synthetic_omniglot)
 
@@ -274,6 +289,141 @@ def run_workload(name, cfg_dict, datasets, workers: List[int], warmup: int, step
     return out
 
 
+# -- the real training loop, end to end ----------------------------------------------------
+SINUSOID_YAML = _common.REPO / "experiments" / "sinusoid_maml.yaml"
+
+
+def train_threads() -> int:
+    """The torch threads `distmeta train` gives an in-process run (``SupervisedMethod.build``:
+    ``$OMP_NUM_THREADS``, else every CPU this process may use)."""
+    value = USER_ENV.get("OMP_NUM_THREADS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def meta_gradient_rows(cfg, threads: List[int], seconds: float, first_step: int) -> Dict[str, Dict[str, Any]]:
+    """The in-process meta-gradient of ``cfg`` (``LocalEngine``, fixed parameters), one row per
+    thread count, interleaved in 0.5 s chunks, about ``seconds`` of timed steps each."""
+    from distmeta.engine.supervised import SupervisedMethod  # noqa: F401  (what train imports)
+
+    runners = {}
+    for t in threads:
+        core = MetaCore(cfg)
+        runners[f"meta-gradient {t}t"] = EngineRunner(LocalEngine(core), core.initial_flat_params(),
+                                                      cfg.optim.meta_batch, t)
+    probe = next(iter(runners.values()))
+    walls = [probe.step(first_step + i)[0] for i in range(5)]   # warm-up, and the step's length
+    steps = max(20, int(seconds / max(sorted(walls)[2], 1e-6)))
+    return interleave(runners, 2, steps)
+
+
+def run_train(workers, steps: int, out: str, sets: List[str] = ()) -> Dict[str, Any]:
+    """``distmeta train experiments/sinusoid_maml.yaml --steps N --set engine.workers=W
+    --set eval.every=100000`` in a subprocess with the environment this script was started
+    with (before ``_common`` set ``OMP_WAIT_POLICY``): the command a user types. The loop's
+    tasks/s comes from its own ``metrics.csv`` (training time only, as the progress line: the
+    validation at the last step, the final test evaluation and the plots excluded); ``wall`` is
+    the whole command, start-up and final evaluation included."""
+    import csv
+    import subprocess
+
+    cmd = [sys.executable, "-m", "distmeta.cli", "train", str(SINUSOID_YAML), "--steps", str(steps),
+           "--set", f"engine.workers={workers}", "--set", "eval.every=100000", "--out", out, "--no-progress"]
+    for item in sets:
+        cmd += ["--set", item]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=str(_common.REPO), env=USER_ENV, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    with open(os.path.join(out, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    done, train_s, eval_s, windows = 0.0, 0.0, 0.0, []
+    for r in rows:   # each row: window means since the previous row; "tasks" is cumulative
+        window = float(r["tasks"]) - done
+        done = float(r["tasks"])
+        train_s += window / float(r["tasks_per_s"])
+        eval_s += float(r.get("eval_time_s") or 0.0)
+        windows.append(round(float(r["tasks_per_s"]), 1))
+    auto = [line for line in proc.stderr.splitlines() if "engine.workers auto" in line]
+    return {"command": " ".join(["distmeta"] + cmd[3:]), "workers": workers, "steps": steps,
+            "tasks_per_s": done / train_s, "step_ms_mean": 1e3 * train_s / steps,
+            "train_s": train_s, "validation_s": eval_s, "wall_s": wall,
+            "end_to_end_tasks_per_s": done / wall, "window_tasks_per_s": windows,
+            "auto_choice": auto[0] if auto else None}
+
+
+def run_train_mode(variants: List[str], steps: int, seconds: float, sets: List[str] = ()) -> Dict[str, Any]:
+    """ABA: the in-process meta-gradient rows, one ``distmeta train`` run, the rows again, the
+    next run, ...: each run is compared with the mean of the rows measured just before and just
+    after it (a shared 2-core box drifts within minutes)."""
+    import shutil
+    import tempfile
+
+    from distmeta.config import load_config
+
+    cfg = load_config(SINUSOID_YAML)
+    threads = sorted({1, train_threads()})
+    key = f"meta-gradient {train_threads()}t"   # what train's in-process loop runs
+    blocks, runs = [], {}
+    tmp = tempfile.mkdtemp(prefix="distmeta-scaling-train-")
+    try:
+        for i, w in enumerate(variants + [None]):
+            log(f"train mode: in-process meta-gradient rows ({', '.join(f'{t}t' for t in threads)})")
+            blocks.append(meta_gradient_rows(cfg, threads, seconds, first_step=1000 * i))
+            blocks[-1]["loadavg"] = list(os.getloadavg())
+            if w is None:
+                break
+            log(f"train mode: distmeta train {SINUSOID_YAML.name} --steps {steps} --set engine.workers={w}")
+            r = run_train(w, steps, os.path.join(tmp, f"run-{i}"), sets)
+            r["loadavg_after"] = list(os.getloadavg())
+            name = f"train workers={w}"
+            runs[name if name not in runs else f"{name} ({sum(k.startswith(name) for k in runs) + 1})"] = r
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    names = list(runs)
+    for i, name in enumerate(names):
+        r, a, b = runs[name], blocks[i], blocks[i + 1]
+        for row in [k for k in a if k.startswith("meta-gradient")]:
+            mean = (a[row]["tasks_per_s"] + b[row]["tasks_per_s"]) / 2
+            r[f"vs_{row.replace(' ', '_')}"] = r["tasks_per_s"] / mean
+        r["vs_in_process"] = r[f"vs_{key.replace(' ', '_')}"]
+    rows = {}
+    for row in [k for k in blocks[0] if k.startswith("meta-gradient")]:
+        vals = [blk[row] for blk in blocks]
+        rows[row] = {"tasks_per_s": statistics.fmean(v["tasks_per_s"] for v in vals),
+                     "step_ms_median": statistics.fmean(v["step_ms_median"] for v in vals),
+                     "per_block_tasks_per_s": [v["tasks_per_s"] for v in vals]}
+    rows.update(runs)
+    return {"config": str(SINUSOID_YAML.relative_to(_common.REPO)), "steps": steps, "sets": list(sets),
+            "train_threads": train_threads(),
+            "in_process_row": key, "rows": rows, "blocks": blocks}
+
+
+def train_table(res: Dict[str, Any]) -> str:
+    head = f"{'row':<22}{'tasks/s':>9}{'ms/step':>9}{'vs in-process':>15}{'vs 1t':>8}{'wall s':>8}{'e2e tasks/s':>13}"
+    sets = "".join(f" --set {item}" for item in res.get("sets", []))
+    lines = [f"distmeta train {res['config']} --steps {res['steps']} --set eval.every=100000{sets} (validation at the "
+             f"last step only), against the in-process meta-gradient ({res['in_process_row']}: the threads "
+             f"train uses); train rows are bracketed by meta-gradient blocks (ABA)", head, "-" * len(head)]
+    for name, r in res["rows"].items():
+        if name.startswith("meta-gradient"):
+            blocks = ", ".join(f"{v:.0f}" for v in r["per_block_tasks_per_s"])
+            lines.append(f"{name:<22}{r['tasks_per_s']:>9.1f}{r['step_ms_median']:>9.2f}{'-':>15}{'-':>8}{'-':>8}"
+                         f"{'-':>13}   blocks: {blocks}")
+        else:
+            lines.append(f"{name:<22}{r['tasks_per_s']:>9.1f}{r['step_ms_mean']:>9.2f}{r['vs_in_process']:>14.2f}x"
+                         f"{r['vs_meta-gradient_1t']:>7.2f}x{r['wall_s']:>8.1f}{r['end_to_end_tasks_per_s']:>13.1f}")
+            if r.get("auto_choice"):
+                lines.append(f"    {r['auto_choice']}")
+    lines.append("train tasks/s: the loop's own (metrics.csv: training time only, as the progress line); wall s and "
+                 "e2e tasks/s: the whole command (start-up, Ray, the last-step validation, the final test on "
+                 "600 tasks, plots); vs in-process / vs 1t: train tasks/s over the meta-gradient rows measured "
+                 "just before and after it (mean)")
+    return "\n".join(lines)
+
+
 # -- output --------------------------------------------------------------------------------
 def fmt_bytes(n: int) -> str:
     return "-" if not n else (f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB")
@@ -317,13 +467,32 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="folder with images_background_small1.zip (default: the sets shipped with distmeta "
                         "if present, else synthetic data)")
     p.add_argument("--synthetic", action="store_true", help="use synthetic Omniglot-shaped data")
-    p.add_argument("--only", choices=["omniglot", "sinusoid"], nargs="+", default=["omniglot", "sinusoid"])
+    p.add_argument("--only", choices=["omniglot", "sinusoid", "train"], nargs="+",
+                   default=["omniglot", "sinusoid", "train"],
+                   help="workloads; train: `distmeta train experiments/sinusoid_maml.yaml` end to end "
+                        "against the in-process meta-gradient")
+    p.add_argument("--train-steps", type=int, default=1000, help="meta-steps of each `distmeta train` run")
+    p.add_argument("--train-workers", nargs="+", default=["0"],
+                   help="engine.workers of the `distmeta train` runs: counts and/or auto (default 0)")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further --set for the `distmeta train` runs (repeatable)")
+    p.add_argument("--train-seconds", type=float, default=2.0,
+                   help="timed seconds of each in-process meta-gradient row around the train runs")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--from-json", metavar="FILE", help="print the tables of a saved --json output and exit")
     args = p.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            print_tables(json.load(f))
+        return 0
     workers = sorted(set(args.workers or range(1, cores + 1)))
     if workers[0] < 1:
         p.error("--workers: counts must be >= 1")
     sin_steps = args.sinusoid_steps or 40 * args.steps
+    for w in args.train_workers:
+        if w != "auto" and not (w.isdigit()):
+            p.error(f"--train-workers: {w!r} is not a count >= 0 or auto")
+    loadavg_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
     torch.set_num_threads(1)  # the driver: single-threaded baseline (the 2-thread row sets its own)
     root = None if args.synthetic else _common.find_omniglot(args.data_root)
@@ -333,14 +502,17 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import ray
 
+    results: Dict[str, Any] = {}
+    if "train" in args.only:  # before this script starts its own Ray: the runs start theirs
+        results["train"] = run_train_mode(args.train_workers, args.train_steps, args.train_seconds, args.train_set)
     runtime_env = None
     if root is None:  # Ray workers must know the script's dataset name (config validation)
         ray.cloudpickle.register_pickle_by_value(_common)
         runtime_env = {"worker_process_setup_hook": _common.register_synthetic}
-    log(f"ray.init(address='local', num_cpus={max(workers)})")
-    ray.init(address="local", num_cpus=max(workers), include_dashboard=False, log_to_driver=False,
-             configure_logging=False, runtime_env=runtime_env)
-    results: Dict[str, Any] = {}
+    if {"omniglot", "sinusoid"} & set(args.only):
+        log(f"ray.init(address='local', num_cpus={max(workers)})")
+        ray.init(address="local", num_cpus=max(workers), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, runtime_env=runtime_env)
     try:
         if "omniglot" in args.only:
             cfg = _common.omniglot_maml_config(root, meta_batch=args.meta_batch, queries=args.queries)
@@ -355,12 +527,16 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     primary = results.get("omniglot_maml") or results.get("sinusoid_maml")
     machine = {"cpu_cores": cores, "platform": platform.platform(), "python": platform.python_version(),
-               "torch": torch.__version__, "ray": ray.__version__,
+               "torch": torch.__version__, "ray": ray.__version__, "loadavg_at_start": loadavg_at_start,
                "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-    out = {"machine": machine, "workers": workers,
-           "primary_workload": "omniglot_maml" if "omniglot_maml" in results else "sinusoid_maml",
-           "speedup": primary["speedup"], "overhead_fraction": primary["overhead_fraction"],
-           "ceiling_fraction": primary["ceiling_fraction"], "workloads": results}
+    out = {"machine": machine, "workers": workers, "workloads": results}
+    if primary is not None:
+        out.update({"primary_workload": "omniglot_maml" if "omniglot_maml" in results else "sinusoid_maml",
+                    "speedup": primary["speedup"], "overhead_fraction": primary["overhead_fraction"],
+                    "ceiling_fraction": primary["ceiling_fraction"]})
+    if "train" in results:  # the loop a user runs over the in-process meta-gradient it is made of
+        train_rows = results["train"]["rows"]
+        out["train_vs_in_process"] = {k: r["vs_in_process"] for k, r in train_rows.items() if "vs_in_process" in r}
     if "sinusoid_maml" in results and "engine1_vs_local1t" in results["sinusoid_maml"]:
         ratio = results["sinusoid_maml"]["engine1_vs_local1t"]
         out["sinusoid_engine1_vs_local"] = ratio
@@ -368,13 +544,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    print(f"machine: {cores} CPU cores, {machine['platform']}, torch {machine['torch']}, ray {machine['ray']}, "
-          f"load average at end {', '.join(f'{x:.1f}' for x in machine['loadavg_at_end'] or [])}")
+    print_tables(out)
+    return 0
+
+
+def print_tables(out: Dict[str, Any]) -> None:
+    """The tables of one run, from the JSON object ``--json`` prints (``--from-json`` reprints them)."""
+    machine, results, workers = out["machine"], out["workloads"], out["workers"]
+    load = lambda key: ", ".join(f"{x:.1f}" for x in machine.get(key) or [])
+    print(f"machine: {machine['cpu_cores']} CPU cores, {machine['platform']}, torch {machine['torch']}, "
+          f"ray {machine['ray']}, load average at start {load('loadavg_at_start')}, at end {load('loadavg_at_end')}")
     if "omniglot_maml" in results:
         r = results["omniglot_maml"]
         print()
-        print(table(f"conv4 MAML, Omniglot 5-way 1-shot ({args.queries} query/class), meta-batch "
-                    f"{r['meta_batch']}, 2nd order, 1 inner step; {data_name}; {r['steps']} timed steps "
+        print(table(f"conv4 MAML, Omniglot 5-way 1-shot ({r['config']['task']['queries']} query/class), meta-batch "
+                    f"{r['meta_batch']}, 2nd order, 1 inner step; {r['data']}; {r['steps']} timed steps "
                     f"after {r['warmup']} warm-up", r, workers))
     if "sinusoid_maml" in results:
         r = results["sinusoid_maml"]
@@ -383,11 +567,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                     f"after {r['warmup']} warm-up", r, workers))
         if "ray 1" in r["rows"]:
             print(f"target engine <= 1.3x local: {'met' if out['sinusoid_engine1_vs_local_target_met'] else 'NOT met'}")
-    print("\nstep ms: median; tasks/s: meta-batch x timed steps / their wall time; vs local: tasks/s over the "
-          "local 1-thread loop interleaved with it; speed-up: over 1 Ray worker ((norm.): of the 'vs local' "
-          "ratios, which cancels load drift between blocks); effic.: speed-up / W; overhead: engine wall "
-          "minus the slowest shard's compute; of ceiling: tasks/s over the same-W bare processes interleaved with it")
-    return 0
+    if "train" in results:
+        print()
+        print(train_table(results["train"]))
+    if "omniglot_maml" in results or "sinusoid_maml" in results:
+        print("\nstep ms: median; tasks/s: meta-batch x timed steps / their wall time; vs local: tasks/s over the "
+              "local 1-thread loop interleaved with it; speed-up: over 1 Ray worker ((norm.): of the 'vs local' "
+              "ratios, which cancels load drift between blocks); effic.: speed-up / W; overhead: engine wall "
+              "minus the slowest shard's compute; of ceiling: tasks/s over the same-W bare processes interleaved "
+              "with it")
 
 
 if __name__ == "__main__":

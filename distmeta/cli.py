@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
+
+# Before torch loads (libgomp reads it once): OpenMP threads that sleep instead of spinning
+# while they wait. With the default, a 2-thread in-process sinusoid step beside other busy
+# processes took 100-450 ms instead of 5-10 ms (benchmarks/README.md). The user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 SUBCOMMAND_MODULES = [
     "distmeta.commands",   # train, eval, validate

@@ -23,7 +23,8 @@ def _type_name(annotation) -> str:
         return "choice"
     if origin is typing.Union:
         inner = [a for a in args if a is not type(None)]
-        return f"{_type_name(inner[0])} or null"
+        names = " or ".join(_type_name(a) for a in inner)
+        return f"{names} or null" if len(inner) < len(args) else names
     if origin in (list, typing.List):
         return f"list of {_type_name(args[0])}" if args else "list"
     if origin in (dict, typing.Dict):
@@ -42,7 +43,11 @@ def _choices(annotation) -> List[str]:
 
 def _range(field) -> str:
     parts = []
-    for meta in field.metadata:
+    members = [field]
+    if typing.get_origin(field.annotation) is typing.Union:   # e.g. engine.workers: int >= 0 or auto
+        members += [typing.get_args(a)[1] for a in typing.get_args(field.annotation)
+                    if typing.get_origin(a) is typing.Annotated and hasattr(typing.get_args(a)[1], "metadata")]
+    for meta in [m for f in members for m in f.metadata]:
         for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
             if getattr(meta, attr, None) is not None:
                 parts.append(f"{sign} {getattr(meta, attr)}")

@@ -12,7 +12,7 @@ from these models (``python -m distmeta.config_reference``).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Literal, Optional, Type, TypeVar
+from typing import Any, Dict, List, Literal, Optional, Type, TypeVar, Union
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, StrictBool, ValidationError,
                       model_validator)
@@ -132,8 +132,33 @@ class OptimConfig(Section):
     grad_clip: Float = Field(0.0, ge=0, description="clip the meta-gradient norm (0: off)")
 
 
+def _workers(value: Any) -> Any:
+    """``engine.workers``: an integer >= 0 or ``auto`` (YAML's true/false and fractions refused)."""
+    if value == "auto" and isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected an integer >= 0 or auto, got {value!r}")
+    try:
+        number = int(value)
+    except (ValueError, OverflowError):
+        raise ValueError(f"expected an integer >= 0 or auto, got {value!r}") from None
+    if number != value and str(number) != value:
+        raise ValueError(f"expected an integer >= 0 or auto, got {value!r}")
+    if number < 0:
+        raise ValueError(f"must be >= 0, got {value!r}")
+    return number
+
+
+Workers = Annotated[Union[Annotated[int, Field(ge=0)], Literal["auto"]], BeforeValidator(_workers)]
+
+
 class EngineConfig(Section):
-    workers: Int = Field(0, ge=0, description="Ray task workers (0: in-process, no Ray)")
+    workers: Workers = Field(0, description="Ray task workers (0: in-process, no Ray; auto: in-process when an "
+                                            "in-process meta-step takes under auto_step_ms or fewer than 2 "
+                                            "workers fit, else as many workers as fit the CPUs)")
+    auto_step_ms: Float = Field(25.0, gt=0, description="workers: auto: in-process meta-step time (ms) from which "
+                                                        "workers pay off; below it Ray's per-step round trip costs "
+                                                        "more than sharding saves")
     num_cpus: Float = Field(1.0, ge=0, description="CPUs per task worker")
     num_gpus: Float = Field(0.0, ge=0, description="GPUs per task worker (fractions share a GPU)")
     learner_num_cpus: Float = Field(1.0, ge=0, description="CPUs of the learner (the driver)")
@@ -152,7 +177,7 @@ class EngineConfig(Section):
 
     @model_validator(mode="after")
     def _worker_resources(self):
-        if self.workers > 0 and self.num_cpus <= 0 and self.num_gpus <= 0:
+        if self.workers != 0 and self.num_cpus <= 0 and self.num_gpus <= 0:
             raise ValueError("num_cpus: a worker needs some CPU or GPU")
         return self
 

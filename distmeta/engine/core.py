@@ -134,7 +134,13 @@ class MetaCore:
         return unflatten(flat.to(self.device, self.dtype), like)
 
     def make_tasks(self, split: str, step: int, indices: Sequence[int], **overrides):
+        """The tasks ``indices`` of meta-step ``step`` as torch tensors: a stacked ``TaskBatch``
+        when the distribution samples in bulk (``sample_batch``), else a list of task dicts.
+        Both are sequences of task dicts; ``stack_tasks`` passes a ``TaskBatch`` through."""
         dist = self.task_distribution(split, **overrides)
+        batch = getattr(dist, "sample_batch", None)
+        if batch is not None:
+            return batch(self.cfg.seed, split, step, indices).to(self.dtype, self.device)
         return [to_torch(t, self.dtype, self.device) for t in dist.sample_many(self.cfg.seed, split, step, indices)]
 
     def shard_gradient(self, flat_params: torch.Tensor, step: int, indices: Sequence[int], tasks=None):

@@ -10,9 +10,10 @@ A non-finite loss or gradient stops the run before the update.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -22,14 +23,107 @@ from distmeta.errors import NonFiniteError
 
 
 def make_engine(cfg, core: MetaCore):
-    """In-process for ``engine.workers: 0``, else Ray task workers."""
-    if cfg.engine.workers == 0:
+    """In-process for ``engine.workers: 0``, Ray task workers for a count (always honoured);
+    ``auto``: what ``choose_workers`` picks, said in one line on stderr."""
+    workers, started = cfg.engine.workers, False
+    if workers == "auto":
+        workers, why, started = choose_workers(cfg, core)
+        print(f"distmeta: engine.workers auto -> {workers}: {why}", file=sys.stderr, flush=True)
+        cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"workers": workers})})
+        if workers:
+            set_threads(cfg.engine.learner_num_cpus)
+    if workers == 0:
         from distmeta.engine.local import LocalEngine
 
         return LocalEngine(core)
     from distmeta.engine.ray_engine import RayEngine
 
-    return RayEngine(cfg, core)
+    engine = RayEngine(cfg, core)
+    engine.started_ray = engine.started_ray or started   # auto connected to the cluster: close shuts it
+    return engine
+
+
+def measure_step_ms(core: MetaCore, meta_batch: int, threshold_ms: float) -> float:
+    """Milliseconds of one in-process meta-gradient of ``meta_batch`` tasks (tasks of step 0 at the
+    initial parameters, this process's threads): after an untimed warm-up call (its first-call costs
+    can be 10x a step), the median of three calls, or the first alone when it is over 4x
+    ``threshold_ms`` (an expensive step need not be timed again). The torch RNG is left as it
+    was, so a run with ``auto`` is the run with the count it picks."""
+    flat = core.initial_flat_params()
+    times: List[float] = []
+    with torch.random.fork_rng(devices=[]):
+        core.shard_gradient(flat, 0, range(meta_batch))
+        for _ in range(3):
+            t0 = time.perf_counter()
+            core.shard_gradient(flat, 0, range(meta_batch))
+            times.append(1e3 * (time.perf_counter() - t0))
+            if times[0] >= 4 * threshold_ms:
+                return times[0]
+    return sorted(times)[1]
+
+
+def workers_that_fit(e) -> Tuple[int, str]:
+    """``(n, why)``: how many workers of ``engine.num_cpus`` CPUs (and ``num_gpus`` GPUs) fit: in the
+    Ray cluster when Ray is up, else on this machine (what an embedded Ray gets)."""
+    import os
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        total = ray.cluster_resources()
+        cpus, gpus, where = total.get("CPU", 0.0), total.get("GPU", 0.0), "the Ray cluster has"
+    else:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        gpus = torch.cuda.device_count() if e.num_gpus > 0 else 0
+        where = "this machine has"
+    fit = int(cpus / e.num_cpus + 1e-9) if e.num_cpus > 0 else 1 << 30
+    if e.num_gpus > 0:
+        fit = min(fit, int(gpus / e.num_gpus + 1e-9))
+    has = f"{cpus:g} CPUs" + (f" and {gpus:g} GPUs" if e.num_gpus > 0 else "")
+    per = f"{e.num_cpus:g} CPU" + (f" and {e.num_gpus:g} GPU" if e.num_gpus > 0 else "")
+    return fit, f"{where} {has}: {fit} worker(s) of {per} fit"
+
+
+def _in_placement_group() -> bool:
+    """True inside a Tune trial (or any Ray task with a placement group)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return False
+    from ray.util.placement_group import get_current_placement_group
+
+    return get_current_placement_group() is not None
+
+
+def choose_workers(cfg, core: MetaCore) -> Tuple[int, str, bool]:
+    """``engine.workers: auto`` as ``(count, why, started_ray)``. In-process (0) inside a Tune trial
+    (its resources reserve no workers for auto), when fewer than 2 workers fit (one worker only adds
+    the round trip to the same compute) and when an in-process meta-step costs less than
+    ``engine.auto_step_ms``: below that, Ray's per-step round trip and the driver's busy-wait on it
+    cost more than sharding saves (benchmarks/README.md, "engine.workers: auto"). Otherwise as many
+    workers as fit. Ray is started only to count a cluster's CPUs, once the step proved expensive."""
+    from distmeta.address import EMBEDDED, connect_ray, resolve_cluster_address
+
+    e = cfg.engine
+    if _in_placement_group():
+        return 0, "inside a Tune trial, whose resources reserve no workers for auto: in-process", False
+    ray = sys.modules.get("ray")
+    local = (ray is None or not ray.is_initialized()) and resolve_cluster_address(e.address).mode == EMBEDDED
+    if local or (ray is not None and ray.is_initialized()):
+        fit, fits = workers_that_fit(e)
+        if fit < 2:
+            return 0, f"{fits}, and one worker is never faster than in-process", False
+    step_ms = measure_step_ms(core, cfg.optim.meta_batch, e.auto_step_ms)
+    cost = f"an in-process meta-step of {cfg.optim.meta_batch} tasks takes {step_ms:.1f} ms"
+    if step_ms < e.auto_step_ms:
+        return 0, f"{cost} (< engine.auto_step_ms={e.auto_step_ms:g}, Ray's round trip would cost more " \
+                  f"than sharding saves): in-process", False
+    started = connect_ray(e.address) if not local else False   # a cluster: count its CPUs
+    fit, fits = workers_that_fit(e)
+    if fit < 2:
+        if started:
+            ray = sys.modules["ray"]
+            ray.shutdown()
+        return 0, f"{cost}, but {fits}, and one worker is never faster than in-process", False
+    return fit, f"{cost} (>= engine.auto_step_ms={e.auto_step_ms:g}); {fits}", started
 
 
 def held_out_split(datasets) -> str:
@@ -51,7 +145,8 @@ class SupervisedMethod:
 
     @classmethod
     def build(cls, cfg, engine_factory=None) -> "SupervisedMethod":
-        set_threads(cfg.engine.learner_num_cpus if cfg.engine.workers else omp_threads())
+        in_process = cfg.engine.workers in (0, "auto")  # auto measures the in-process step first
+        set_threads(omp_threads() if in_process else cfg.engine.learner_num_cpus)
         core = MetaCore(cfg)  # data and config problems surface here, before any actor starts
         for split in sorted({"val", held_out_split(core.datasets)}):
             core.task_distribution(split)  # e.g. task.ways beyond a held-out split's classes: fail now
@@ -79,7 +174,8 @@ class SupervisedMethod:
         e = cfg.engine
         learner = {"CPU": e.learner_num_cpus, **({"GPU": e.learner_num_gpus} if e.learner_num_gpus else {})}
         worker = {"CPU": e.num_cpus, **({"GPU": e.num_gpus} if e.num_gpus else {})}
-        return PlacementGroupFactory([learner] + [dict(worker) for _ in range(e.workers)], strategy=e.placement)
+        workers = e.workers if e.workers != "auto" else 0   # auto runs a Tune trial in-process
+        return PlacementGroupFactory([learner] + [dict(worker) for _ in range(workers)], strategy=e.placement)
 
     @property
     def iteration(self) -> int:
