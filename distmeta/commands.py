@@ -21,7 +21,8 @@ def register(sub) -> None:
     p.add_argument("--out", help="run folder (default runs/<name>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR|auto",
                    help="continue from the last checkpoint of RUN_DIR; 'auto' resumes --out if it has one")
-    p.add_argument("--workers", type=int, help="Ray task workers (0 = in-process; overrides engine.workers)")
+    p.add_argument("--workers", type=_workers_flag, metavar="N|auto",
+                   help="Ray task workers (0 = in-process; auto: in-process for cheap steps; overrides engine.workers)")
     p.add_argument("--address", help="Ray cluster: 'auto', HOST:PORT, or empty for an embedded local Ray")
     p.add_argument("--data-root", help="folder with the dataset files (overrides data.root)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -89,6 +90,16 @@ def cmd_validate(args) -> int:
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     print(f"{args.config}: valid", file=sys.stderr)
     return 0
+
+
+def _workers_flag(text: str):
+    """``--workers``: an integer or ``auto`` (the schema checks the range)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
 
 
 def _positive(name: str, value) -> None:

@@ -140,6 +140,15 @@ def test_typed_cli_flag_is_validated(tmp_path, capsys):
     assert cli.main(["train", str(path), "--workers", "-1", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert "engine.workers: must be >= 0, got -1" in err and not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):  # argparse: neither an integer nor auto
+        cli.main(["train", str(path), "--workers", "two", "--out", str(tmp_path / "run")])
+    assert "--workers: expected an integer or auto, got 'two'" in capsys.readouterr().err
+
+
+def test_workers_flag_accepts_auto():
+    from distmeta.commands import _workers_flag
+
+    assert _workers_flag("auto") == "auto" and _workers_flag("3") == 3
 
 
 def test_user_algorithm_brings_its_own_fields():
