@@ -21,6 +21,12 @@ It provides:
   are 0-d tensors (``loss``, ``accuracy`` or ``mse``, ...), averaged likewise.
 - ``adapt(model, params, buffers, support_x, support_y, steps)`` -> a state and
   ``predict(model, params, buffers, state, query_x)`` -> class scores or values.
+- ``eager_task_gradient(model, params, buffers, task)``: the same gradient for
+  callers outside any ``torch.func`` transform, i.e. the per-task loop executor
+  (default: ``task_gradient``). MAML builds it with plain ``torch.autograd``: the
+  same graph without nested ``torch.func.grad`` levels, which cost 12-15 % more CPU
+  time per second-order conv4 meta-step (1 and 5 inner steps; ``benchmarks/meta_step.py``,
+  row ``func`` against ``loop``).
 - ``make_head(embedding_dim, output_dim)``: the head the algorithm needs.
 - ``vmappable``: whether ``task_gradient`` may run under ``torch.func.vmap``.
 """
@@ -84,6 +90,11 @@ class Algorithm:
 
     def task_gradient(self, model, params: Tensors, buffers: Tensors, task: Tensors) -> Tuple[Tensors, Tensors]:
         raise NotImplementedError
+
+    def eager_task_gradient(self, model, params: Tensors, buffers: Tensors,
+                            task: Tensors) -> Tuple[Tensors, Tensors]:
+        """``task_gradient`` for one task outside any ``torch.func`` transform (the loop executor)."""
+        return self.task_gradient(model, params, buffers, task)
 
     def adapt(self, model, params, buffers, support_x, support_y, steps: Optional[int] = None) -> Any:
         raise NotImplementedError

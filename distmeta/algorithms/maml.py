@@ -96,6 +96,27 @@ class MAML(Algorithm):
 
         return torch.func.grad(meta_objective, has_aux=True)(params)
 
+    def eager_task_gradient(self, model, params, buffers, task):
+        """``task_gradient`` with ``torch.autograd`` (the same inner loop and meta-objective,
+        equal to it to rounding: tests/test_meta_gradients.py): the loop executor's path."""
+        c = self.cfg
+        first_order = c.first_order or self.name == "fomaml"
+        with torch.enable_grad():
+            leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+            names = adaptable_names(leaves, c.anil)
+            fast = {n: leaves[n] for n in names}
+            for _ in range(c.inner_steps):
+                loss = task_loss(self.kind, forward(model, {**leaves, **fast}, buffers, task["support_x"]),
+                                 task["support_y"])
+                grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=not first_order)
+                fast = {n: fast[n] - (leaves["meta_lr." + n.replace(".", "__")] if c.learn_inner_lr else c.inner_lr)
+                        * g for n, g in zip(names, grads)}
+            metrics = score_metrics(self.kind, forward(model, {**leaves, **fast}, buffers, task["query_x"]),
+                                    task["query_y"])
+            grads = torch.autograd.grad(metrics["loss"], list(leaves.values()), allow_unused=True)
+        return ({n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(leaves.items(), grads)},
+                {k: v.detach() for k, v in metrics.items()})
+
     def adapt(self, model, params, buffers, support_x, support_y, steps: Optional[int] = None):
         steps = steps if steps is not None else self.eval_inner_steps()
         params = resize_head(params, int(support_y.max()) + 1) if self.kind == "classification" else params

@@ -47,10 +47,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_executor(name: str, device: torch.device, algorithm, model: torch.nn.Module) -> str:
-    """``auto`` picks the executor that measured faster (``benchmarks/meta_step.py``):
-    vmap on GPU and for small convolution-free models (sinusoid MLP: 6.7x faster
-    on 2 CPU cores), the per-task loop for convolutional models on CPU (vmapped
-    convolutions with per-task weights are slow there; docs/architecture.md)."""
+    """``auto`` picks the executor that measured faster (``benchmarks/meta_step.py``,
+    docs/results.md): vmap on GPU and for small convolution-free models (sinusoid MLP,
+    meta-batch 25, second order, 1 CPU thread: 3.9 against the loop's 23.6 ms per
+    meta-step with 1 inner step, 12.2 against 82.7 ms with 5), the per-task loop for
+    convolutional models on CPU. conv4, Omniglot 5-way 1-shot, 15 queries, meta-batch
+    32, second order, 1 thread: the loop took 3.14 s of CPU per meta-step (1 inner
+    step; 5.86 s with 5), the learn2learn-style loop 3.16 (6.01), vmap 5.00 plus 8.05 s
+    of page faults (8.60 plus 16.5): vmapped per-task convolutions become grouped
+    convolutions, slower on CPU than one convolution per task, as was a grouped-
+    convolution executor written by hand (1.26x the loop's time: 8 tasks, 1 inner step)."""
     if not algorithm.vmappable:
         return "loop"
     if name == "auto":
@@ -78,18 +84,23 @@ def load_datasets(cfg: ExperimentConfig):
 def meta_batch_gradient(algorithm, model, params, buffers, tasks: List[Dict[str, torch.Tensor]],
                         executor: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """Sum over ``tasks`` of ``algorithm.task_gradient`` (accumulated in float64), as a
-    Python loop or one vmap."""
+    Python loop (``algorithm.eager_task_gradient`` per task: plain autograd, fused
+    batch norm) or one vmap (``task_gradient`` under ``torch.func.vmap``, layers in
+    their composite form: ``distmeta.models.layers.composite_ops``)."""
     f64 = torch.float64
     if executor == "vmap":
+        from distmeta.models.layers import composite_ops
+
         fn = torch.func.vmap(lambda task: algorithm.task_gradient(model, params, buffers, task),
                              randomness="same")
-        grads, metrics = fn(stack_tasks(tasks))
+        with composite_ops():
+            grads, metrics = fn(stack_tasks(tasks))
         return ({k: g.to(f64).sum(0) for k, g in grads.items()},
                 {k: m.to(f64).sum(0) for k, m in metrics.items()})
     grad_sum: Dict[str, torch.Tensor] = {}
     metric_sum: Dict[str, torch.Tensor] = {}
     for task in tasks:
-        grads, metrics = algorithm.task_gradient(model, params, buffers, task)
+        grads, metrics = algorithm.eager_task_gradient(model, params, buffers, task)
         for name, g in grads.items():
             grad_sum[name] = grad_sum[name] + g.to(f64) if name in grad_sum else g.to(f64)
         for name, m in metrics.items():

@@ -4,6 +4,11 @@
 - ``mlp``: Linear-ReLU stack (1-40-40 for sinusoid regression, Finn et al. 2017).
 - ``conv4``: 4 x [conv3x3(channels), TaskBatchNorm, ReLU, maxpool2x2], flattened
   (Vinyals et al. 2016; 64 channels for Omniglot, 32 for mini-ImageNet MAML).
+  Each block applies the max-pool before the ReLU: ``relu(maxpool(x)) ==
+  maxpool(relu(x))`` (ReLU is monotone), with the same gradients, while the ReLU
+  and its backward touch a quarter of the values (a few % of a CPU meta-step;
+  parameter names are unchanged). The pool is ``layers.MaxPool2d`` (a faster CPU
+  forward, the same results).
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from distmeta.models.layers import TaskBatchNorm2d
+from distmeta.models.layers import MaxPool2d, TaskBatchNorm2d
 from distmeta.registry import MODELS
 
 
@@ -37,7 +42,7 @@ class Conv4(nn.Module):
         for _ in range(4):
             blocks += [nn.Conv2d(c, channels, 3, padding=1, bias=not batch_norm)]  # BN cancels a bias
             blocks += [TaskBatchNorm2d(channels)] if batch_norm else []
-            blocks += [nn.ReLU(), nn.MaxPool2d(2)]
+            blocks += [MaxPool2d(2), nn.ReLU()]  # = ReLU then pool, cheaper
             c, size = channels, size // 2
         self.net = nn.Sequential(*blocks)
         self.out_features = channels * max(size, 1) ** 2
