@@ -52,6 +52,9 @@ def _plain_cpu_tensor(x: torch.Tensor) -> bool:
     """A CPU tensor outside ``torch.func`` transforms and :func:`composite_ops`."""
     if _COMPOSITE.get() or x.device.type != "cpu":
         return False
+    # Internal torch API, used because no public one tells whether a tensor is being traced by
+    # torch.func (grad/vmap), where the custom autograd.Function below must not run. Missing ->
+    # the plain nn.MaxPool2d path. Pinned by tests/test_meta_gradients.py (fallback under vmap and grad).
     wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
     return wrapped is not None and not wrapped(x)
 
