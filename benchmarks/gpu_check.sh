@@ -46,31 +46,8 @@ LOG="$OUTDIR/gpu_check.log"
 : >"$LOG"
 exec > >(tee -a "$LOG") 2>&1
 
-RESULTS=()
-FAILED=0
-T_START=$(date +%s)
-
-# step NAME LIMIT_S CMD...: run with a time limit, record rc and duration, never abort
-step() {
-  local name=$1 limit=$2
-  shift 2
-  echo
-  local shown="$*"
-  shown="${shown//$'\n'/ }"
-  [ "${#shown}" -le 200 ] || shown="${shown:0:200}..."
-  echo "=== [$name] $(date +%H:%M:%S) (limit ${limit}s): $shown"
-  local t0 rc
-  t0=$(date +%s)
-  timeout --kill-after=10 "$limit" "$@"
-  rc=$?
-  local dt=$(( $(date +%s) - t0 ))
-  local verdict=ok
-  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then verdict="TIMED OUT"; elif [ "$rc" -ne 0 ]; then verdict="FAILED"; fi
-  [ "$verdict" = ok ] || FAILED=$((FAILED + 1))
-  RESULTS+=("$(printf '%-28s %-10s rc=%-4s %4ss' "$name" "$verdict" "$rc" "$dt")")
-  echo "=== [$name] $verdict (rc=$rc, ${dt}s)"
-  return 0
-}
+# shellcheck source=benchmarks/_step.sh
+. benchmarks/_step.sh   # step NAME LIMIT_S CMD...: time limit, rc and duration recorded, never aborts
 
 echo "distmeta gpu_check: repo $REPO, outputs $OUTDIR, python $PY, $(date -u +%FT%TZ)"
 
@@ -211,7 +188,7 @@ if [ -f benchmarks/meta_step.py ]; then
 else
   echo
   echo "benchmarks/meta_step.py not found: meta-step benchmark skipped"
-  RESULTS+=("$(printf '%-28s %-10s' "meta_step" "SKIPPED (no benchmarks/meta_step.py)")")
+  record meta_step "SKIPPED (no benchmarks/meta_step.py)"
 fi
 
 if [ "${#JSON_FILES[@]}" -gt 0 ]; then

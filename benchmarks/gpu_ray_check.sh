@@ -64,42 +64,9 @@ LOG="$OUTDIR/gpu_ray_check.log"
 : >"$LOG"
 exec > >(tee -a "$LOG") 2>&1
 
-RESULTS=()
-STATUS_JSON=()
-FAILED=0
-T_START=$(date +%s)
-
-# step NAME LIMIT_S CMD...: run under min(LIMIT_S, what is left of TOTAL_S); never abort
-step() {
-  local name=$1 limit=$2
-  shift 2
-  local left=$((TOTAL_S - ($(date +%s) - T_START)))
-  [ "$limit" -le "$left" ] || limit=$left
-  echo
-  if [ "$limit" -lt 10 ]; then
-    echo "=== [$name] SKIPPED: ${left}s left of the ${TOTAL_S}s budget"
-    RESULTS+=("$(printf '%-22s %-10s' "$name" "SKIPPED")")
-    STATUS_JSON+=("{\"step\": \"$name\", \"verdict\": \"skipped\"}")
-    FAILED=$((FAILED + 1))
-    return 0
-  fi
-  local shown="$*"
-  shown="${shown//$'\n'/ }"
-  [ "${#shown}" -le 220 ] || shown="${shown:0:220}..."
-  echo "=== [$name] $(date +%H:%M:%S) (limit ${limit}s): $shown"
-  local t0 rc
-  t0=$(date +%s)
-  timeout --kill-after=5 "$limit" "$@"
-  rc=$?
-  local dt=$(( $(date +%s) - t0 ))
-  local verdict=ok
-  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then verdict="TIMED OUT"; elif [ "$rc" -ne 0 ]; then verdict="FAILED"; fi
-  [ "$verdict" = ok ] || FAILED=$((FAILED + 1))
-  RESULTS+=("$(printf '%-22s %-10s rc=%-4s %4ss' "$name" "$verdict" "$rc" "$dt")")
-  STATUS_JSON+=("{\"step\": \"$name\", \"verdict\": \"$verdict\", \"rc\": $rc, \"seconds\": $dt}")
-  echo "=== [$name] $verdict (rc=$rc, ${dt}s)"
-  return 0
-}
+STEP_WIDTH=22 STEP_KILL_AFTER=5
+# shellcheck source=benchmarks/_step.sh
+. benchmarks/_step.sh   # step NAME LIMIT_S CMD... under min(LIMIT_S, what is left of TOTAL_S)
 
 if [ "$SMOKE" = 1 ]; then
   MODE="CPU smoke (tiny sizes, no GPU needed)"
@@ -150,9 +117,7 @@ else
     RAY_OK=1
   else
     echo "no Ray: build the bundle (bash benchmarks/gpu_bundle.sh build) and carry .gpu-bundle"
-    RESULTS+=("$(printf '%-22s %-10s' "install-ray" "FAILED (no bundle, no ray)")")
-    STATUS_JSON+=("{\"step\": \"install-ray\", \"verdict\": \"FAILED\"}")
-    FAILED=$((FAILED + 1))
+    record install-ray "FAILED (no bundle, no ray)" FAILED
   fi
 fi
 
@@ -165,8 +130,7 @@ if [ "$RAY_OK" = 1 ]; then
 else
   echo
   echo "=== [a: ray engine] SKIPPED: no Ray"
-  RESULTS+=("$(printf '%-22s %-10s' "a: ray engine" "SKIPPED (no Ray)")")
-  STATUS_JSON+=("{\"step\": \"a: ray engine\", \"verdict\": \"skipped\"}")
+  record "a: ray engine" "SKIPPED (no Ray)"
 fi
 
 # 3. (b) GPU-marked tests ------------------------------------------------------------------------
