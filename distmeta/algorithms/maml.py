@@ -38,6 +38,16 @@ class MAMLConfig(InnerLoopConfig):
     anil: Bool = Field(False, description="ANIL: adapt the head only")
 
 
+def meta_lr_name(name: str) -> str:
+    """Meta-SGD's learned inner learning rate of parameter ``name``."""
+    return "meta_lr." + name.replace(".", "__")
+
+
+def inner_step(params: Tensors, fast: Tensors, grads: Tensors, lr: float, learned_lr: bool) -> Tensors:
+    """phi_{k+1} = phi_k - alpha * g for every adapted tensor (alpha: Meta-SGD's learned rate or ``lr``)."""
+    return {n: fast[n] - (params[meta_lr_name(n)] if learned_lr else lr) * grads[n] for n in fast}
+
+
 def adaptable_names(params: Tensors, anil: bool) -> list:
     names = [n for n in params if not n.startswith("meta_lr.")]
     return [n for n in names if n.startswith("head.")] if anil else names
@@ -57,10 +67,7 @@ def inner_adapt(model, params: Tensors, buffers: Tensors, x, y, *, kind: str, st
         grads = torch.func.grad(support_loss)(fast)
         if first_order:
             grads = {n: g.detach() for n, g in grads.items()}
-        fast = {
-            n: fast[n] - (params["meta_lr." + n.replace(".", "__")] if learned_lr else lr) * grads[n]
-            for n in names
-        }
+        fast = inner_step(params, fast, grads, lr, learned_lr)
     return {**params, **fast}
 
 
@@ -74,7 +81,7 @@ class MAML(Algorithm):
         """Meta-SGD: one learned inner learning rate per adapted parameter, ``meta_lr.<name>``."""
         if not self.cfg.learn_inner_lr:
             return {}
-        return {"meta_lr." + n.replace(".", "__"): torch.full_like(p.detach(), self.cfg.inner_lr)
+        return {meta_lr_name(n): torch.full_like(p.detach(), self.cfg.inner_lr)
                 for n, p in named_parameters}
 
     def eval_inner_steps(self) -> int:
@@ -85,12 +92,14 @@ class MAML(Algorithm):
         return inner_adapt(model, params, buffers, x, y, kind=self.kind, steps=steps, lr=c.inner_lr,
                            first_order=first_order, anil=c.anil, learned_lr=c.learn_inner_lr)
 
-    def task_gradient(self, model, params, buffers, task):
-        first_order = self.cfg.first_order or self.name == "fomaml"
+    @property
+    def first_order(self) -> bool:
+        return self.cfg.first_order or self.name == "fomaml"
 
+    def task_gradient(self, model, params, buffers, task):
         def meta_objective(p):
             phi = self._adapt(model, p, buffers, task["support_x"], task["support_y"],
-                              self.cfg.inner_steps, first_order)
+                              self.cfg.inner_steps, self.first_order)
             metrics = score_metrics(self.kind, forward(model, phi, buffers, task["query_x"]), task["query_y"])
             return metrics["loss"], {k: v.detach() for k, v in metrics.items()}
 
@@ -100,7 +109,6 @@ class MAML(Algorithm):
         """``task_gradient`` with ``torch.autograd`` (the same inner loop and meta-objective,
         equal to it to rounding: tests/test_meta_gradients.py): the loop executor's path."""
         c = self.cfg
-        first_order = c.first_order or self.name == "fomaml"
         with torch.enable_grad():
             leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
             names = adaptable_names(leaves, c.anil)
@@ -108,9 +116,8 @@ class MAML(Algorithm):
             for _ in range(c.inner_steps):
                 loss = task_loss(self.kind, forward(model, {**leaves, **fast}, buffers, task["support_x"]),
                                  task["support_y"])
-                grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=not first_order)
-                fast = {n: fast[n] - (leaves["meta_lr." + n.replace(".", "__")] if c.learn_inner_lr else c.inner_lr)
-                        * g for n, g in zip(names, grads)}
+                grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=not self.first_order)
+                fast = inner_step(leaves, fast, dict(zip(names, grads)), c.inner_lr, c.learn_inner_lr)
             metrics = score_metrics(self.kind, forward(model, {**leaves, **fast}, buffers, task["query_x"]),
                                     task["query_y"])
             grads = torch.autograd.grad(metrics["loss"], list(leaves.values()), allow_unused=True)
