@@ -74,7 +74,7 @@ def cmd_train(args) -> int:
     if args.config:
         data = load_config_dict(args.config, args.overrides)
     elif args.resume and args.resume != "auto":
-        data = apply_overrides(RunDir.open(args.resume).config_dict(), args.overrides)
+        data = apply_overrides(RunDir.read_config(args.resume), args.overrides)
     else:
         raise DistmetaError("train: give a CONFIG (or --resume RUN_DIR)")
     cfg = from_dict(data)

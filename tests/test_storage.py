@@ -180,3 +180,19 @@ def test_tune_search_writes_to_the_bucket_and_resumes_there(s3, tmp_path):
     assert len(summary["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in summary["trials"])
     best = summary["best"]["path"]
     assert best.startswith(uri) and load_checkpoint(best)["step"] == 300
+
+
+def test_resume_from_a_bucket_downloads_the_run_once(s3, monkeypatch):
+    """``train --resume URI`` without a config reads only config.yaml for the config, then fetches
+    the run folder once (it used to fetch it twice: once for the config, once to resume)."""
+    import distmeta.storage as storage
+    from distmeta import cli
+
+    uri = "s3://bkt/runs/fetch-once"
+    distmeta.train({**SIN, "optim": {**SIN["optim"], "steps": 40}}, out=uri, progress=False)
+    fetched = []
+    real_fetch = storage.fetch
+    monkeypatch.setattr(storage, "fetch", lambda u: fetched.append(u) or real_fetch(u))
+    assert cli.main(["train", "--resume", uri, "--steps", "60", "--no-progress"]) == 0
+    assert fetched == [uri]
+    assert load_checkpoint(uri)["step"] == 60

@@ -217,13 +217,32 @@ class RunDir:
         return run
 
     def config_dict(self) -> Dict[str, Any]:
+        return self._parse_config((self.path / "config.yaml").read_text(), self.location)
+
+    @classmethod
+    def read_config(cls, path: Union[str, Path]) -> Dict[str, Any]:
+        """The config of the run at ``path`` (a folder or URI), reading only its config.yaml:
+        nothing is fetched, so ``train --resume URI`` downloads the run once, in :meth:`open`."""
+        from distmeta.storage import Remote, is_uri
+
+        if is_uri(path):
+            if not Remote(str(path)).exists("config.yaml"):
+                raise CheckpointError(f"{path}: not a distmeta run folder (no config.yaml)")
+            return cls._parse_config(Remote(str(path)).read_bytes("config.yaml").decode(), str(path))
+        file = Path(path) / "config.yaml"
+        if not file.is_file():
+            raise CheckpointError(f"{path}: not a distmeta run folder (no config.yaml)")
+        return cls._parse_config(file.read_text(), str(path))
+
+    @staticmethod
+    def _parse_config(text: str, location: str) -> Dict[str, Any]:
         try:
-            data = yaml.safe_load((self.path / "config.yaml").read_text())
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise CheckpointError(f"{self.location}/config.yaml: not valid YAML "
+            raise CheckpointError(f"{location}/config.yaml: not valid YAML "
                                   f"({' '.join(str(exc).split())[:160]}); restore it or start a new run") from None
         if not isinstance(data, dict):
-            raise CheckpointError(f"{self.location}/config.yaml: not a distmeta config")
+            raise CheckpointError(f"{location}/config.yaml: not a distmeta config")
         return data
 
     def remove_temporary_files(self) -> List[Path]:
