@@ -26,6 +26,8 @@ from typing import Any, Dict, List, Protocol, Sequence, Tuple, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
+from distmeta.errors import DistmetaError
+
 Task = Dict[str, Any]
 
 
@@ -62,16 +64,20 @@ def _stream_seed(seed: int, *stream: int) -> int:
     return int(np.random.SeedSequence([int(seed), *stream]).generate_state(1)[0])
 
 
-def _draw_disjoint(env: Any, n: int, seed: int, stream: int, exclude: set) -> List[Task]:
-    """``n`` tasks from seed stream ``(seed, stream)`` whose keys are not in ``exclude``."""
+def _draw_disjoint(env: Any, n: int, seed: int, stream: int, exclude: set, what: str) -> List[Task]:
+    """``n`` distinct tasks from seed stream ``(seed, stream)`` whose keys are not in ``exclude``."""
     out: List[Task] = []
+    taken = set(exclude)
     for attempt in range(101):
         if len(out) >= n:
             return out
         for t in env.sample_tasks(n - len(out), _stream_seed(seed, stream, attempt)):
-            if task_key(t) not in exclude:
+            if task_key(t) not in taken:
+                taken.add(task_key(t))
                 out.append(t)
-    raise RuntimeError("task_splits: the task distribution is too small for disjoint splits")
+    raise DistmetaError(f"task_splits: found only {len(out)} of the {n} {what} tasks disjoint from the "
+                        f"{len(exclude)} tasks already drawn; the task distribution is too small "
+                        f"(lower rl.train_tasks or eval.episodes)")
 
 
 def task_splits(env: Any, n_train: int, n_val: int, n_test: int,
@@ -92,14 +98,14 @@ def task_splits(env: Any, n_train: int, n_val: int, n_test: int,
     train = env.sample_tasks(n_train, _stream_seed(seed, 0)) if n_train else []
     if getattr(env, "task_count", None) is not None:
         if n_train:
-            raise RuntimeError(f"task_splits: the task distribution is too small for disjoint splits "
+            raise DistmetaError(f"task_splits: the task distribution is too small for disjoint splits "
                                f"({env.task_count} tasks); use train_tasks: 0")
         return train, env.sample_tasks(n_val, _stream_seed(seed, 2)), env.sample_tasks(n_test, _stream_seed(seed, 1))
     seen = {task_key(t) for t in train}
-    val = _draw_disjoint(env, n_val, seed, 2, seen)
+    val = _draw_disjoint(env, n_val, seed, 2, seen, "validation")
     if hasattr(env, "held_out_tasks"):
         return train, val, env.held_out_tasks(n_test, _stream_seed(seed, 1))
-    return train, val, _draw_disjoint(env, n_test, seed, 1, seen | {task_key(t) for t in val})
+    return train, val, _draw_disjoint(env, n_test, seed, 1, seen | {task_key(t) for t in val}, "test")
 
 
 def set_task_on_env(env: Any, task: Task) -> None:

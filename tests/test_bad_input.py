@@ -128,3 +128,23 @@ def test_omniglot_zip_checked_once(tmp_path):
     (tmp_path / "images_background_small1.zip").write_bytes(b"not the official file")
     with pytest.raises(DataError, match="MD5 .* differs from the official"):
         ensure_zip("background_small1", tmp_path)
+
+
+@pytest.mark.parametrize("algorithm", ["maml_rl", "rl2"])
+def test_too_few_tasks_for_the_splits_is_one_line_before_ray(tmp_path, capsys, monkeypatch, algorithm):
+    """Meta-World ML1 has 50 training goals: 45 training tasks leave 5 for 10 validation tasks.
+    The run says so in one line before Ray starts, and writes no run folder."""
+    pytest.importorskip("metaworld")
+    import distmeta.address
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("connect_ray was called before the task splits were checked")
+
+    monkeypatch.setattr(distmeta.address, "connect_ray", no_ray)
+    cfg = {"name": "few", "rl": {"algorithm": algorithm, "env": "metaworld_ml1", "train_tasks": 45,
+                                 "env_config": {"env_name": "reach-v3", "horizon": 10}},
+           "eval": {"every": 1, "episodes": 10, "final_episodes": 2}}
+    path = tmp_path / "few.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    one_line(capsys, ["train", path, "--out", tmp_path / "r"], "found only 5 of the 10 validation tasks")
+    assert not (tmp_path / "r").exists()

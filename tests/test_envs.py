@@ -263,6 +263,12 @@ def test_metaworld_ml1_protocol_checker_and_held_out_goals():
     assert {t["split"] for t in train + val} == {"train"} and {t["split"] for t in test} == {"test"}
     assert not {E.task_key(t) for t in train} & {E.task_key(t) for t in val}
     assert E.task_splits(env, 10, 5, 10, seed=0) == (train, val, test)
+    # 40 of the 50 training goals train, the other 10 validate (each once); 45 + 10 cannot
+    train40, val10, _ = E.task_splits(env, 40, 10, 1, seed=0)
+    keys40, keys10 = {E.task_key(t) for t in train40}, {E.task_key(t) for t in val10}
+    assert len(keys40) == 40 and len(keys10) == 10 and not keys40 & keys10
+    with pytest.raises(DistmetaError, match="found only 5 of the 10 validation tasks"):
+        E.task_splits(env, 45, 10, 1, seed=0)
     # a task is a goal: two train tasks give different rewards for the same actions
     first = train[0]
     other = next(t for t in train if t["index"] != first["index"])

@@ -58,7 +58,7 @@ class MAMLRLMethod:
     score_key = "mean_return"
     higher_is_better = True
     work_unit = "env_steps"
-    progress_keys = ["pre_adapt_return", "post_adapt_return", "env_steps", "env_steps_per_s"]
+    progress_keys = ["pre_adapt_return", "post_adapt_return", "env_steps"]   # the loop adds env_steps/s
 
     def __init__(self, cfg, algo):
         self.cfg, self.rl, self.algo = cfg, cfg.rl, algo
@@ -74,17 +74,19 @@ class MAMLRLMethod:
     def algorithm_config(cls, cfg):
         from distmeta.rl.maml_algorithm import MAMLRLConfig
 
-        train, _, _ = _split_tasks(cfg, 0, 0)
+        # every split drawn now: a task distribution too small for them fails before Ray starts
+        train, _, _ = _split_tasks(cfg, cfg.eval.episodes, cfg.eval.final_episodes)
         return MAMLRLConfig.from_distmeta(cfg.rl, cfg.seed, train or None)
 
     @classmethod
     def build(cls, cfg) -> "MAMLRLMethod":
         from distmeta.address import connect_ray
 
+        config = cls.algorithm_config(cfg)
         request = cls.resources(cfg)
         cpus = sum(b.get("CPU", 0) for b in request.bundles)
         connect_ray(getattr(cfg.engine, "address", None), num_cpus=max(2, int(math.ceil(cpus))))
-        return cls(cfg, cls.algorithm_config(cfg).build_algo())
+        return cls(cfg, config.build_algo())
 
     @classmethod
     def from_checkpoint(cls, cfg, state: Dict[str, Any]) -> "MAMLRLMethod":

@@ -32,15 +32,17 @@ class RL2Method:
     def algo_config(cfg):
         from distmeta.rl import rl2
 
-        train, _, _ = rl_tasks(cfg.rl, 1, 1)
+        # every split drawn now: a task distribution too small for them fails before Ray starts
+        train, _, _ = rl_tasks(cfg.rl, cfg.eval.episodes, cfg.eval.final_episodes)
         return rl2.build_ppo_config(cfg.rl, cfg.seed, train or None)
 
     @classmethod
     def build(cls, cfg) -> "RL2Method":
         from distmeta.address import connect_ray
 
+        config = cls.algo_config(cfg)
         connect_ray(cfg.engine.address, num_cpus=max(2, cfg.rl.num_env_runners + 1))
-        return cls(cfg, cls.algo_config(cfg).build_algo())
+        return cls(cfg, config.build_algo())
 
     @classmethod
     def from_checkpoint(cls, cfg, state: Dict[str, Any]) -> "RL2Method":
