@@ -52,6 +52,9 @@ def register(sub) -> None:
     p.add_argument("--data-root", help="folder with the dataset files (overrides data.root)")
     p.add_argument("--omniglot-runs", metavar="DIR",
                    help="score the official 20-run one-shot benchmark layout (run01..run20)")
+    p.add_argument("--tta", type=int, metavar="N",
+                   help="test-time augmentation: N jittered copies of each support and query image "
+                        "(default eval.test_time_augment; 0: off)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
@@ -110,7 +113,7 @@ def _positive(name: str, value) -> None:
 
 
 def evaluate_run(run: str, episodes=None, ways=None, shots=None, queries=None, inner_steps=None, split="test",
-                 data_root=None, omniglot_runs=None, checkpoint="final"):
+                 data_root=None, omniglot_runs=None, checkpoint="final", tta=None):
     """The figures ``distmeta eval`` prints, as a dict: by default the final checkpoint on the test split."""
     from distmeta.engine.run_dir import load_run_checkpoint
     from distmeta.errors import DistmetaError
@@ -120,45 +123,60 @@ def evaluate_run(run: str, episodes=None, ways=None, shots=None, queries=None, i
         _positive(name, value)
     if inner_steps is not None and inner_steps < 0:
         raise DistmetaError(f"--inner-steps: must be >= 0, got {inner_steps}")
+    if tta is not None and tta < 0:
+        raise DistmetaError(f"--tta: must be >= 0, got {tta}")
     if omniglot_runs:
-        return evaluate_oneshot_runs(run, omniglot_runs, inner_steps, checkpoint)
+        return evaluate_oneshot_runs(run, omniglot_runs, inner_steps, checkpoint, tta)
     state, which = load_run_checkpoint(run, checkpoint)
     data = state["config"]
     if data_root:
         data = apply_overrides(data, [f"data.root={json.dumps(data_root)}"])
     cfg = from_dict(data)
+    if tta and (cfg.rl is not None or cfg.task.kind != "classification"):
+        raise DistmetaError("--tta: test-time augmentation needs an image classification run")
     method = method_class(cfg).from_checkpoint(cfg, state["state"])
-    task = {k: v for k, v in (("ways", ways), ("shots", shots), ("queries", queries),
-                              ("inner_steps", inner_steps)) if v is not None}
+    task = {k: v for k, v in (("ways", ways), ("shots", shots), ("queries", queries), ("inner_steps", inner_steps),
+                              ("test_time_augment", tta if cfg.rl is None else None)) if v is not None}
     out = method.evaluate(split or "test", episodes or cfg.eval.final_episodes, **task)
     setting = method.eval_setting(ways, shots, inner_steps) if hasattr(method, "eval_setting") else {}
     return {**out, **setting, "checkpoint": which, "iteration": int(state["step"])}
 
 
-def evaluate_oneshot_runs(run: str, runs_dir: str, inner_steps=None, checkpoint="final"):
-    """Accuracy and error over the official 20-run, 400-trial one-shot layout."""
+def evaluate_oneshot_runs(run: str, runs_dir: str, inner_steps=None, checkpoint="final", tta=None):
+    """Accuracy and error over the official 20-run, 400-trial one-shot layout; ``tta`` jittered
+    copies (default ``eval.test_time_augment``), run r's jitter drawn from ``default_rng([seed, r])``."""
+    import numpy as np
+    import torch
+
     import distmeta
     from distmeta.data.oneshot_runs import evaluate_runs, read_runs
+    from distmeta.schema import AugmentConfig
+    from distmeta.tasks.test_time import augmented_scores
 
     model = distmeta.load(run, checkpoint=checkpoint)
-    size = model.config.data.image_size
+    cfg = model.config
+    copies = cfg.eval.test_time_augment if tta is None else int(tta)
+    runs = read_runs(runs_dir, image_size=cfg.data.image_size)
+    rngs = iter([np.random.default_rng([cfg.seed, r]) for r in range(len(runs))])
 
     def predict(support_x, query_x):
-        import numpy as np
-        import torch
+        sx = model._tensor(torch.as_tensor(support_x, dtype=torch.float32)[:, None] / 255.0)
+        qx = model._tensor(torch.as_tensor(query_x, dtype=torch.float32)[:, None] / 255.0)
+        sy = torch.arange(len(sx), device=model.device)
+        rng = next(rngs)
+        if copies:
+            return augmented_scores(model.algorithm, model.network, model.params, model.buffers, sx, sy, qx,
+                                    inner_steps, copies, cfg.task.augment or AugmentConfig(), rng).cpu().numpy()
+        return model.adapt(sx, sy, inner_steps).predict(qx).cpu().numpy()
 
-        sx = torch.as_tensor(support_x, dtype=torch.float32)[:, None] / 255.0
-        qx = torch.as_tensor(query_x, dtype=torch.float32)[:, None] / 255.0
-        return model.adapt(sx, torch.arange(len(sx)), inner_steps).predict(qx).cpu().numpy()
-
-    result = evaluate_runs(read_runs(runs_dir, image_size=size), predict)
+    result = evaluate_runs(runs, predict)
     return {"accuracy": result["accuracy"], "error": result["error"], "trials": result["trials"],
-            "per_run": result["per_run"]}
+            "per_run": result["per_run"], "test_time_augment": copies}
 
 
 def cmd_eval(args) -> int:
     result = evaluate_run(args.run, args.episodes, args.ways, args.shots, args.queries, args.inner_steps,
-                          args.split, args.data_root, args.omniglot_runs, args.checkpoint)
+                          args.split, args.data_root, args.omniglot_runs, args.checkpoint, args.tta)
     if args.json:
         print(json.dumps(result))
         return 0

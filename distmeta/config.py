@@ -141,6 +141,8 @@ def set_field(cfg: ExperimentConfig, dotted: str, value: Any) -> None:
 def check_registered(cfg: ExperimentConfig) -> None:
     """Registered names, and a method or model that does not fit the task."""
     if cfg.rl is not None:
+        if cfg.eval.test_time_augment:
+            raise ConfigError("eval.test_time_augment: needs image classification tasks, not a Meta-RL experiment")
         return  # a Meta-RL experiment: data, task and model are not used
     for key, reg, value in (("model.name", MODELS, cfg.model.name), ("task.kind", TASKS, cfg.task.kind),
                             ("data.dataset", DATASETS, cfg.data.dataset)):
@@ -156,6 +158,9 @@ def check_registered(cfg: ExperimentConfig) -> None:
     gives = getattr(task, "inputs", None)
     if needs != "any" and gives and needs != gives:
         raise ConfigError(f"model.name: {cfg.model.name} takes {needs}; task.kind {cfg.task.kind!r} gives {gives}")
+    if cfg.eval.test_time_augment and (kind, gives) != ("classification", "images"):
+        raise ConfigError(f"eval.test_time_augment: needs image classification tasks; task.kind "
+                          f"{cfg.task.kind!r} gives {kind} on {gives}")
 
 
 def check_env(rl: RLConfig) -> None:

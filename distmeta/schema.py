@@ -187,6 +187,9 @@ class EvalConfig(Section):
     every: Int = Field(100, gt=0, description="iterations between validation evaluations")
     episodes: Int = Field(100, gt=0, description="validation tasks (episodes) per evaluation")
     final_episodes: Int = Field(600, gt=0, description="test tasks (episodes) of the final evaluation")
+    test_time_augment: Int = Field(0, ge=0, description="image classification, test tasks only: adapt on the "
+                                   "support and this many jittered copies of it, average the scores over as "
+                                   "many jittered copies of each query (task.augment's ranges); 0: off")
 
 
 class CheckpointConfig(Section):

@@ -104,3 +104,43 @@ def test_all_pairs_loss_matches_hand_computation_and_its_target_sign(loss):
         per_pair = same * sim ** 2 + (1 - same) * torch.clamp(1.0 + sim, min=0) ** 2
     _, metrics = algo.task_gradient(model, params, {}, task)
     assert float(metrics["loss"]) == pytest.approx(float((w * per_pair).sum()), rel=1e-5)
+
+
+def _protonet_episode(seed=3):
+    from distmeta.algorithms.protonet import ProtoNet
+
+    data = glyphs()
+    task = EpisodeSampler(data, 5, 1, 3).sample(seed)
+    torch.manual_seed(0)
+    model = Network(nn.Sequential(nn.Flatten(), nn.Linear(256, 16)))
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    sx, qx = (torch.from_numpy(task[k]).float() for k in ("support_x", "query_x"))
+    return ProtoNet(None, "classification"), model, params, buffers, sx, torch.from_numpy(task["support_y"]), qx
+
+
+def test_test_time_augmentation_reduces_to_plain_scores_without_jitter_and_is_seeded():
+    from distmeta.tasks.test_time import augmented_scores
+
+    algo, model, params, buffers, sx, sy, qx = _protonet_episode()
+    with torch.no_grad():
+        plain = torch.log_softmax(algo.predict(model, params, buffers, algo.adapt(model, params, buffers, sx, sy), qx), -1)
+    identity = AugmentConfig(rotate=0, shear=0, scale=[1, 1], translate=0)
+    same = augmented_scores(algo, model, params, buffers, sx, sy, qx, None, 4, identity, np.random.default_rng(0))
+    assert same.shape == (15, 5) and torch.allclose(same, plain, atol=1e-5)
+    jitter = AugmentConfig(rotate=20, translate=2)
+    a, b, c = (augmented_scores(algo, model, params, buffers, sx, sy, qx, None, 4, jitter, np.random.default_rng(s))
+               for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.allclose(a, c) and not torch.allclose(a, plain, atol=1e-3)
+    # ProtoNets: the mean log-softmax over query views is -||mean_v f(A_v q) - p_c||^2 plus a constant per
+    # query, p_c the prototype of the support and its copies (the same draws: support copies first)
+    from distmeta.tasks.test_time import jitter as jit
+
+    rng = np.random.default_rng(1)
+    support = torch.cat([sx] + [jit(sx, rng, jitter) for _ in range(4)])
+    views = [qx] + [jit(qx, rng, jitter) for _ in range(4)]
+    with torch.no_grad():
+        protos = algo.adapt(model, params, buffers, support, sy.repeat(5))
+        mean_query = torch.stack([forward(model, params, buffers, v) for v in views]).mean(0)
+        expected = -((mean_query[:, None] - protos[None]) ** 2).sum(-1)
+    offset = a - expected
+    assert torch.allclose(offset, offset[:, :1].expand_as(offset), atol=1e-3)

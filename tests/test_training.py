@@ -208,12 +208,29 @@ def test_eval_official_oneshot_runs(fixture, request, omniglot_runs_dir, capsys)
     """20-way within-alphabet one-shot (Lake et al. layout) on held-out alphabets;
     MAML resizes its 5-way head to 20 ways."""
     run = request.getfixturevalue(fixture).path
+    capsys.readouterr()  # the fixture's training progress, when this test trains it
     code, out, _ = run_cli(capsys, "eval", run, "--omniglot-runs", omniglot_runs_dir, "--json")
     assert code == 0
     result = json.loads(out)
     assert result["trials"] == 400 and len(result["per_run"]) == 20
     assert result["accuracy"] + result["error"] == pytest.approx(1.0)
     assert result["accuracy"] > 0.25  # chance is 5 %
+
+
+def test_eval_test_time_augmentation(protonet_run, omniglot_runs_dir, sinusoid_run, capsys):
+    """--tta N: seeded (the same number twice), says it in the JSON, changes the score; a
+    regression run refuses it in one line."""
+    run = protonet_run.path
+    capsys.readouterr()  # the fixtures' training progress, when this test trains them
+    args = ["eval", run, "--json", "--episodes", 30, "--ways", 20]
+    plain = json.loads(run_cli(capsys, *args)[1])
+    tta = [json.loads(run_cli(capsys, *args, "--tta", 3)[1]) for _ in range(2)]
+    assert tta[0] == tta[1] and tta[0]["test_time_augment"] == 3 and "test_time_augment" not in plain
+    assert tta[0]["accuracy"] != plain["accuracy"] and tta[0]["accuracy"] > 0.25
+    runs = json.loads(run_cli(capsys, "eval", run, "--omniglot-runs", omniglot_runs_dir, "--json", "--tta", 2)[1])
+    assert runs["test_time_augment"] == 2 and runs["trials"] == 400 and runs["accuracy"] > 0.25
+    code = cli.main(["eval", str(sinusoid_run.path), "--tta", "2"])
+    assert code == 2 and "--tta: test-time augmentation needs an image classification run" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- run folder and checkpoints

@@ -208,14 +208,22 @@ class SupervisedMethod:
     def _split(self, split: str) -> str:
         return held_out_split(self.core.datasets) if split == "test" else split
 
-    def evaluate(self, split: str, episodes: Optional[int] = None, **task) -> Dict[str, Any]:
+    def evaluate(self, split: str, episodes: Optional[int] = None, test_time_augment: Optional[int] = None,
+                 **task) -> Dict[str, Any]:
         """Mean and 95 % CI of the score over ``episodes`` tasks of ``split`` (``test``: the
-        data's held-out split). ``task`` may set ways, shots, queries or inner_steps."""
+        data's held-out split). ``task`` may set ways, shots, queries or inner_steps. The test
+        split uses ``eval.test_time_augment`` copies, validation none (periodic evaluation costs
+        what it did); ``test_time_augment`` sets the copies for either split."""
         from distmeta.evaluation import evaluate
+        from distmeta.schema import AugmentConfig
 
+        copies = int(test_time_augment) if test_time_augment is not None else (
+            self.cfg.eval.test_time_augment if split == "test" else 0)
         split = self._split(split)
         flat = self.learner.flat_params() if self.learner else self.core.initial_flat_params()
-        out = evaluate(self.core, flat, split, episodes or self.cfg.eval.final_episodes, **task)
+        out = evaluate(self.core, flat, split, episodes or self.cfg.eval.final_episodes, **task,
+                       augment_copies=copies, augment_ranges=self.cfg.task.augment or AugmentConfig(),
+                       seed=self.cfg.seed)
         return {**out, "split": split}
 
     def eval_setting(self, ways=None, shots=None, inner_steps=None) -> Dict[str, Any]:
