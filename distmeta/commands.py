@@ -150,7 +150,6 @@ def evaluate_oneshot_runs(run: str, runs_dir: str, inner_steps=None, checkpoint=
 
     import distmeta
     from distmeta.data.oneshot_runs import evaluate_runs, read_runs
-    from distmeta.schema import AugmentConfig
     from distmeta.tasks.test_time import augmented_scores
 
     model = distmeta.load(run, checkpoint=checkpoint)
@@ -163,11 +162,8 @@ def evaluate_oneshot_runs(run: str, runs_dir: str, inner_steps=None, checkpoint=
         sx = model._tensor(torch.as_tensor(support_x, dtype=torch.float32)[:, None] / 255.0)
         qx = model._tensor(torch.as_tensor(query_x, dtype=torch.float32)[:, None] / 255.0)
         sy = torch.arange(len(sx), device=model.device)
-        rng = next(rngs)
-        if copies:
-            return augmented_scores(model.algorithm, model.network, model.params, model.buffers, sx, sy, qx,
-                                    inner_steps, copies, cfg.task.augment or AugmentConfig(), rng).cpu().numpy()
-        return model.adapt(sx, sy, inner_steps).predict(qx).cpu().numpy()
+        return augmented_scores(model.algorithm, model.network, model.params, model.buffers, sx, sy, qx,
+                                inner_steps, copies, cfg.task.augment, next(rngs)).cpu().numpy()
 
     result = evaluate_runs(runs, predict)
     return {"accuracy": result["accuracy"], "error": result["error"], "trials": result["trials"],

@@ -42,7 +42,7 @@ def evaluate(core, flat_params: torch.Tensor, split: str = "val", episodes: int 
     for start in range(0, episodes, batch):
         indices = range(start, min(start + batch, episodes))
         for i, task in zip(indices, core.make_tasks(split, 0, indices, **overrides)):
-            if augment_copies:
+            if kind == "classification":
                 pred = augmented_scores(algo, model, params, buffers, task["support_x"], task["support_y"],
                                         task["query_x"], inner_steps, augment_copies, augment_ranges,
                                         np.random.default_rng([seed, i]))
@@ -51,12 +51,9 @@ def evaluate(core, flat_params: torch.Tensor, split: str = "val", episodes: int 
             state = algo.adapt(model, params, buffers, task["support_x"], task["support_y"], inner_steps)
             with torch.no_grad():
                 pred = algo.predict(model, params, buffers, state, task["query_x"])
-                if kind == "classification":
-                    scores.append(float((pred.argmax(-1) == task["query_y"]).float().mean()))
-                else:
-                    scores.append(float(task_loss(kind, pred, task["query_y"])))
-                    base = algo.predict(model, params, buffers, params, task["query_x"])
-                    pre.append(float(task_loss(kind, base, task["query_y"])))
+                scores.append(float(task_loss(kind, pred, task["query_y"])))
+                base = algo.predict(model, params, buffers, params, task["query_x"])
+                pre.append(float(task_loss(kind, base, task["query_y"])))
     key = "accuracy" if kind == "classification" else "mse"
     stats = mean_ci95(scores)
     out = {key: stats["mean"], "ci95": stats["ci95"], "episodes": episodes}

@@ -215,14 +215,13 @@ class SupervisedMethod:
         split uses ``eval.test_time_augment`` copies, validation none (periodic evaluation costs
         what it did); ``test_time_augment`` sets the copies for either split."""
         from distmeta.evaluation import evaluate
-        from distmeta.schema import AugmentConfig
 
         copies = int(test_time_augment) if test_time_augment is not None else (
             self.cfg.eval.test_time_augment if split == "test" else 0)
         split = self._split(split)
         flat = self.learner.flat_params() if self.learner else self.core.initial_flat_params()
         out = evaluate(self.core, flat, split, episodes or self.cfg.eval.final_episodes, **task,
-                       augment_copies=copies, augment_ranges=self.cfg.task.augment or AugmentConfig(),
+                       augment_copies=copies, augment_ranges=self.cfg.task.augment,
                        seed=self.cfg.seed)
         return {**out, "split": split}
 

@@ -14,9 +14,12 @@ episode comes from its own generator, so the scores are a function of the episod
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
+from distmeta.schema import AugmentConfig
 from distmeta.tasks.augment import affine_jitter
 
 
@@ -27,15 +30,19 @@ def jitter(x: torch.Tensor, rng: np.random.Generator, ranges) -> torch.Tensor:
 
 
 def augmented_scores(algo, model, params, buffers, support_x: torch.Tensor, support_y: torch.Tensor,
-                     query_x: torch.Tensor, inner_steps, copies: int, ranges,
-                     rng: np.random.Generator) -> torch.Tensor:
-    """Class scores [Q, ways] of ``query_x`` after adapting on the augmented support set."""
-    if copies < 1:
-        raise ValueError(f"copies: expected >= 1, got {copies}")
+                     query_x: torch.Tensor, inner_steps, copies: int, ranges=None,
+                     rng: Optional[np.random.Generator] = None) -> torch.Tensor:
+    """Class scores [Q, ways] of ``query_x`` after adapting on the augmented support set;
+    ``copies = 0``: the plain scores ``predict(adapt(S), x)``. ``ranges``: the jitter
+    (``task.augment``; None: its defaults)."""
+    if copies < 0:
+        raise ValueError(f"copies: expected >= 0, got {copies}")
+    ranges = ranges if ranges is not None else AugmentConfig()
     sx = torch.cat([support_x] + [jitter(support_x, rng, ranges) for _ in range(copies)])
-    sy = support_y.repeat(1 + copies)
-    state = algo.adapt(model, params, buffers, sx, sy, inner_steps)
-    views = [query_x] + [jitter(query_x, rng, ranges) for _ in range(copies)]
+    state = algo.adapt(model, params, buffers, sx, support_y.repeat(1 + copies), inner_steps)
     with torch.no_grad():
+        if not copies:
+            return algo.predict(model, params, buffers, state, query_x)
+        views = [query_x] + [jitter(query_x, rng, ranges) for _ in range(copies)]
         return torch.stack([torch.log_softmax(algo.predict(model, params, buffers, state, v), -1)
                             for v in views]).mean(0)
