@@ -158,6 +158,13 @@ def check_registered(cfg: ExperimentConfig) -> None:
     gives = getattr(task, "inputs", None)
     if needs != "any" and gives and needs != gives:
         raise ConfigError(f"model.name: {cfg.model.name} takes {needs}; task.kind {cfg.task.kind!r} gives {gives}")
+    if kind and kind != "classification":
+        for key in ("train_ways", "train_shots"):
+            if getattr(cfg.task, key) is not None:
+                raise ConfigError(f"task.{key}: applies to classification tasks; task.kind {cfg.task.kind!r} is {kind}")
+        if getattr(cfg.algorithm, "head_init", "trained") == "prototypes":
+            raise ConfigError(f"algorithm.head_init: prototypes needs classification tasks; task.kind "
+                              f"{cfg.task.kind!r} is {kind}")
     if cfg.eval.test_time_augment and (kind, gives) != ("classification", "images"):
         raise ConfigError(f"eval.test_time_augment: needs image classification tasks; task.kind "
                           f"{cfg.task.kind!r} gives {kind} on {gives}")

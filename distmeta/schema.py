@@ -87,6 +87,9 @@ class TaskConfig(Section):
     ways: Int = Field(5, gt=0, description="classes per episode")
     train_ways: Optional[Int] = Field(None, gt=0, description="ways while training (ProtoNets); default ways")
     shots: Int = Field(1, gt=0, description="support examples per class (points per task for regression)")
+    train_shots: Optional[Int] = Field(None, gt=0, description="support examples per class while training "
+                                                               "(classification; Reptile trains with more shots "
+                                                               "than it is tested with); default shots")
     queries: Int = Field(15, ge=0, description="query examples per class (points per task for regression)")
     rotations: Bool = Field(False, description="90/180/270-degree rotations as new classes")
     within_group: Bool = Field(False, description="draw all classes of an episode from one alphabet")

@@ -73,6 +73,15 @@ def test_only_training_episodes_are_jittered():
         AugmentConfig(scale=[1.2, 0.8])
 
 
+def test_train_ways_and_train_shots_shape_training_episodes_only():
+    data = {"train": glyphs(), "test": glyphs()}
+    cfg = TaskConfig(kind="classification", ways=3, train_ways=6, shots=1, train_shots=4, queries=1)
+    train = classification(cfg, data, "train").sample_many(0, "train", 0, [0])[0]
+    test = classification(cfg, data, "test").sample_many(0, "test", 0, [0])[0]
+    assert train["support_x"].shape[0] == 6 * 4 and sorted(set(train["support_y"].tolist())) == list(range(6))
+    assert test["support_x"].shape[0] == 3 * 1 and train["query_x"].shape[0] == 6 and test["query_x"].shape[0] == 3
+
+
 def test_all_pairs_weigh_same_and_different_pairs_half_each():
     y = torch.arange(5).repeat_interleave(3)
     a, b, w = all_pairs(y)

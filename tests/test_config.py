@@ -95,6 +95,19 @@ def test_out_of_range(data, field):
     one_line_error(info, f"{field}: must be")
 
 
+@pytest.mark.parametrize("data, field, expected", [
+    ({"task": {"train_shots": 5}}, "task.train_shots", "applies to classification tasks"),
+    ({"task": {"train_ways": 20}}, "task.train_ways", "applies to classification tasks"),
+    ({"algorithm": {"name": "maml", "head_init": "prototypes"}}, "algorithm.head_init", "prototypes needs classification"),
+    ({"algorithm": {"name": "reptile", "head_init": "prototypes"}}, "algorithm.head_init", "prototypes needs classification"),
+])
+def test_classification_only_fields_refused_for_regression(data, field, expected):
+    """The default task is sinusoid regression."""
+    with pytest.raises(ConfigError) as info:
+        from_dict(data)
+    one_line_error(info, f"{field}: {expected}", "'sinusoid'")
+
+
 @pytest.mark.parametrize("data, field, allowed", [
     ({"algorithm": {"executor": "threads"}}, "algorithm.executor", "'loop', 'vmap', 'auto'"),
     ({"engine": {"device": "tpu"}}, "engine.device", "'cuda'"),

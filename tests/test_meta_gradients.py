@@ -4,7 +4,7 @@ The loop executor computes each task's gradient with ``MAML.eager_task_gradient`
 (plain autograd), through conv4's fused batch norm and ``layers.MaxPool2d``; the
 vmap executor computes ``MAML.task_gradient`` (nested ``torch.func.grad``) with the
 layers in their composite form. Both must be the same function: here in float64,
-second order, 1 and 5 inner steps, MAML, Meta-SGD, ANIL and FOMAML.
+second order, 1 and 5 inner steps, MAML, Meta-SGD, ANIL, FOMAML and Proto-MAML.
 """
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ def conv4_net(algo, channels=4, size=16, ways=3):
     return net
 
 
-VARIANTS = [{}, {"learn_inner_lr": True}, {"anil": True}, {"first_order": True}]
+VARIANTS = [{}, {"learn_inner_lr": True}, {"anil": True}, {"first_order": True}, {"head_init": "prototypes"}]
 
 
 @pytest.mark.parametrize("steps", [1, 5])
-@pytest.mark.parametrize("variant", VARIANTS, ids=["maml", "meta_sgd", "anil", "fomaml"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=["maml", "meta_sgd", "anil", "fomaml", "proto_maml"])
 def test_loop_executor_equals_vmap_and_torch_func(steps, variant):
     algo = MAML(MAMLConfig(name="maml", inner_steps=steps, inner_lr=0.1, **variant), "classification")
     net = conv4_net(algo)

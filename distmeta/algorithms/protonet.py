@@ -18,7 +18,8 @@ from distmeta.registry import ALGORITHMS
 
 def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
     """[ways, D] mean embedding per class."""
-    onehot = F.one_hot(labels, ways).to(embeddings.dtype)
+    # not F.one_hot: it checks the labels' maximum, which torch.func.vmap cannot do
+    onehot = (labels[:, None] == torch.arange(ways, device=labels.device)).to(embeddings.dtype)
     return onehot.t() @ embeddings / onehot.sum(0)[:, None]
 
 

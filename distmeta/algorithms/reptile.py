@@ -7,7 +7,8 @@ get phi_i; the outer update is
 with epsilon_t annealed linearly from ``epsilon`` to ``epsilon_final``. In the
 shared protocol each task returns the direction ``theta - phi_i`` and the
 learner applies plain SGD with learning rate epsilon_t, which is exactly the
-update above.
+update above. With ``head_init: prototypes`` each inner loop starts from the
+prototype head (``maml.prototype_head``) and only the backbone is meta-learned.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Literal
 from pydantic import Field
 
 from distmeta.algorithms.base import Algorithm, Tensors, forward, score_metrics, task_loss
-from distmeta.algorithms.maml import InnerLoopConfig, resize_head
+from distmeta.algorithms.maml import InnerLoopConfig, inner_loop_start, training_ways
 from distmeta.registry import ALGORITHMS
 from distmeta.schema import Float
 
@@ -67,15 +68,24 @@ class Reptile(Algorithm):
         return inner_train(model, params, buffers, x, y, kind=self.kind, steps=steps,
                            lr=self.cfg.inner_lr, optimizer=self.cfg.inner_optimizer)
 
+    def _start(self, model, params, buffers, support_x, support_y, ways):
+        return inner_loop_start(model, params, buffers, support_x, support_y, kind=self.kind,
+                                head_init=self.cfg.head_init, ways=ways)
+
     def task_gradient(self, model, params, buffers, task):
-        phi = self._train(model, params, buffers, task["support_x"], task["support_y"], self.cfg.inner_steps)
+        with torch.no_grad():
+            start = self._start(model, params, buffers, task["support_x"], task["support_y"], training_ways(params))
+        phi = self._train(model, start, buffers, task["support_x"], task["support_y"], self.cfg.inner_steps)
         with torch.no_grad():
             metrics = score_metrics(self.kind, forward(model, phi, buffers, task["query_x"]), task["query_y"])
-        return {n: params[n].detach() - phi[n] for n in params}, metrics
+        # a head rebuilt from prototypes for every task is not meta-learned: it gets no update
+        return {n: torch.zeros_like(params[n]) if start[n] is not params[n] else params[n].detach() - phi[n]
+                for n in params}, metrics
 
     def adapt(self, model, params, buffers, support_x, support_y, steps: Optional[int] = None):
         steps = steps if steps is not None else self.eval_inner_steps()
-        params = resize_head(params, int(support_y.max()) + 1) if self.kind == "classification" else params
+        with torch.no_grad():
+            params = self._start(model, params, buffers, support_x, support_y, int(support_y.max()) + 1)
         with torch.enable_grad():
             return self._train(model, params, buffers, support_x, support_y, steps)
 

@@ -132,8 +132,9 @@ class MetaCore:
         key = (split, tuple(sorted(overrides.items())))
         if key not in self.tasks:
             task_cfg = self.cfg.task.model_copy(update=overrides)
-            if overrides.get("ways"):
-                task_cfg = task_cfg.model_copy(update={"train_ways": None})
+            for key in ("ways", "shots"):
+                if overrides.get(key):
+                    task_cfg = task_cfg.model_copy(update={f"train_{key}": None})
             self.tasks[key] = TASKS.get(task_cfg.kind)(task_cfg, self.datasets, split)
         return self.tasks[key]
 

@@ -79,8 +79,10 @@ class EpisodeSampler(TaskDistribution):
 def classification(task_cfg, datasets, split):
     if split not in datasets:
         raise ConfigError(f"data: the dataset has no {split!r} split (needed by task.kind=classification)")
-    ways = task_cfg.train_ways if (split == "train" and task_cfg.train_ways) else task_cfg.ways
-    return EpisodeSampler(datasets[split], ways, task_cfg.shots, task_cfg.queries,
+    training = split == "train"
+    ways = task_cfg.train_ways if (training and task_cfg.train_ways) else task_cfg.ways
+    shots = task_cfg.train_shots if (training and task_cfg.train_shots) else task_cfg.shots
+    return EpisodeSampler(datasets[split], ways, shots, task_cfg.queries,
                           task_cfg.rotations, task_cfg.within_group, split,
                           task_cfg.augment if split == "train" else None)
 
