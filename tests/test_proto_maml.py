@@ -99,3 +99,23 @@ def test_meta_sgd_adapts_at_another_way_count_with_the_mean_learned_rate_of_the_
         g, = torch.autograd.grad(loss, w)
     expected = start["head.weight"] - params["meta_lr.head__weight"].mean(0, keepdim=True) * g
     torch.testing.assert_close(state["head.weight"], expected)
+
+
+def test_reptile_inner_loop_on_support_and_queries_trains_on_both_sets():
+    """inner_data: support_and_queries = one step on the count-weighted mean loss of the two sets,
+    each its own forward pass (here plain SGD, so phi = theta - lr * grad exactly)."""
+    cfg = dict(name="reptile", inner_steps=1, inner_lr=0.05, inner_optimizer="sgd")
+    both = Reptile(ReptileConfig(**cfg, inner_data="support_and_queries"), "classification")
+    net = conv4_net(both)
+    params = {n: p.detach() for n, p in net.named_parameters()}
+    task = tasks_f64(1, shots=1, queries=3)[0]
+    direction, _ = both.task_gradient(net, params, {}, task)
+    with torch.enable_grad():
+        leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
+        loss = (task_loss("classification", forward(net, leaves, {}, task["support_x"]), task["support_y"]) * 3
+                + task_loss("classification", forward(net, leaves, {}, task["query_x"]), task["query_y"]) * 9) / 12
+        grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+    for n in params:
+        torch.testing.assert_close(direction[n], 0.05 * grads[n])
+    support_only, _ = Reptile(ReptileConfig(**cfg), "classification").task_gradient(net, params, {}, task)
+    assert float((support_only["backbone.net.0.weight"] - direction["backbone.net.0.weight"]).abs().max()) > 1e-6

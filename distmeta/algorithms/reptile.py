@@ -30,19 +30,28 @@ class ReptileConfig(InnerLoopConfig):
     inner_optimizer: Literal["sgd", "adam"] = Field("sgd", description="inner optimizer (Adam with beta1 = 0)")
     epsilon: Float = Field(1.0, ge=0, description="outer step size, annealed linearly to epsilon_final")
     epsilon_final: Float = Field(0.0, ge=0, description="outer step size at the last step")
+    inner_data: Literal["support", "support_and_queries"] = Field(
+        "support", description="what a training task's inner loop trains on: its support set, or its support "
+                               "and query sets (each its own forward pass, so batch statistics stay per set; "
+                               "the reported training loss and accuracy are then on trained-on queries)")
 
 
 def inner_train(model, params: Tensors, buffers: Tensors, x, y, *, kind: str, steps: int, lr: float,
-                optimizer: str) -> Tensors:
+                optimizer: str, extra=None) -> Tensors:
     """phi after ``steps`` of SGD, or Adam with betas (0, 0.999) as in the paper,
-    on (x, y); no gradient flows back to ``params``."""
+    on (x, y), or on (x, y) and ``extra`` = (x2, y2) with the loss the mean over all
+    their examples (each set its own forward pass); no gradient flows back to ``params``."""
     phi = {n: p.detach() for n, p in params.items()}
     m = {n: torch.zeros_like(p) for n, p in phi.items()}
     v = {n: torch.zeros_like(p) for n, p in phi.items()}
     beta2, eps = 0.999, 1e-8
+    sets = [(x, y)] + ([extra] if extra is not None else [])
+    total = sum(len(t) for _, t in sets)
 
     def loss_fn(p):
-        return task_loss(kind, forward(model, p, buffers, x), y)
+        if len(sets) == 1:
+            return task_loss(kind, forward(model, p, buffers, x), y)
+        return sum(task_loss(kind, forward(model, p, buffers, xs), ys) * (len(ys) / total) for xs, ys in sets)
 
     for t in range(1, steps + 1):
         grads = torch.func.grad(loss_fn)(phi)
@@ -64,9 +73,9 @@ class Reptile(Algorithm):
     def eval_inner_steps(self) -> int:
         return self.cfg.eval_inner_steps if self.cfg.eval_inner_steps is not None else self.cfg.inner_steps
 
-    def _train(self, model, params, buffers, x, y, steps):
+    def _train(self, model, params, buffers, x, y, steps, extra=None):
         return inner_train(model, params, buffers, x, y, kind=self.kind, steps=steps,
-                           lr=self.cfg.inner_lr, optimizer=self.cfg.inner_optimizer)
+                           lr=self.cfg.inner_lr, optimizer=self.cfg.inner_optimizer, extra=extra)
 
     def _start(self, model, params, buffers, support_x, support_y, ways):
         return inner_loop_start(model, params, buffers, support_x, support_y, kind=self.kind,
@@ -75,7 +84,8 @@ class Reptile(Algorithm):
     def task_gradient(self, model, params, buffers, task):
         with torch.no_grad():
             start = self._start(model, params, buffers, task["support_x"], task["support_y"], training_ways(params))
-        phi = self._train(model, start, buffers, task["support_x"], task["support_y"], self.cfg.inner_steps)
+        queries = (task["query_x"], task["query_y"]) if self.cfg.inner_data == "support_and_queries" else None
+        phi = self._train(model, start, buffers, task["support_x"], task["support_y"], self.cfg.inner_steps, queries)
         with torch.no_grad():
             metrics = score_metrics(self.kind, forward(model, phi, buffers, task["query_x"]), task["query_y"])
         # a head rebuilt from prototypes for every task is not meta-learned: it gets no update
