@@ -19,10 +19,7 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import torch
-from torch import nn
-
 from pydantic import Field
-
 from torch.func import functional_call
 
 from distmeta.algorithms.base import Algorithm, Tensors, forward, score_metrics, task_loss

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from distmeta.algorithms.base import Algorithm, forward, score_metrics
 from distmeta.registry import ALGORITHMS
