@@ -204,6 +204,20 @@ def test_resume_from_another_config(tiny_run, change, field):
     one_line_error(info, "another config", f"{field} is")
 
 
+def test_resume_a_checkpoint_written_before_a_field_existed(tiny_run, tmp_path):
+    """A field missing from a checkpoint's config (added to distmeta since) counts as its default."""
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run, run)
+    for path in (run / "checkpoints").glob("*.pt"):
+        ckpt = torch.load(path, weights_only=True)
+        del ckpt["config"]["algorithm"]["head_init"], ckpt["config"]["algorithm"]["inner_lr"]
+        torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as info:   # a missing field set away from its default still differs
+        distmeta.train(sinusoid(algorithm={"inner_lr": 0.02}), resume=run, steps=6, progress=False)
+    one_line_error(info, "another config", "algorithm.inner_lr is 0.01 there, 0.02 here")
+    assert distmeta.train(sinusoid(), resume=run, steps=6, progress=False).step == 6
+
+
 def test_resume_allows_resumable_fields(tiny_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(tiny_run, run)

@@ -12,6 +12,7 @@ a non-finite loss or score stops the run, leaving the last good checkpoint.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
-from distmeta.config import ExperimentConfig, from_dict, load_config
+from distmeta.config import ConfigError, ExperimentConfig, from_dict, load_config
 from distmeta.engine.run_dir import CheckpointError, MetricsLogger, RunDir, load_checkpoint
 from distmeta.engine.tracking import make_tracker
 from distmeta.errors import DistmetaError, NonFiniteError
@@ -64,7 +65,13 @@ def _flat_items(d: Dict[str, Any], prefix: str = ""):
 
 
 def check_compatible(saved: Dict[str, Any], current: Dict[str, Any]) -> None:
-    """Raise CheckpointError naming the first field that makes a checkpoint belong to another experiment."""
+    """Raise CheckpointError naming the first field that makes a checkpoint belong to another experiment.
+    A field the checkpoint's config lacks (one added to distmeta since it was written) counts as
+    having its default, so a new option left at its default does not orphan older runs."""
+    try:
+        saved = from_dict(copy.deepcopy(saved)).to_dict()
+    except ConfigError:
+        pass  # e.g. a field distmeta no longer has: compared as written, so the loop below names it
     a, b = dict(_flat_items(saved)), dict(_flat_items(current))
     for key in sorted(set(a) | set(b)):
         if any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS):
