@@ -80,6 +80,8 @@ def test_train_ways_and_train_shots_shape_training_episodes_only():
     test = classification(cfg, data, "test").sample_many(0, "test", 0, [0])[0]
     assert train["support_x"].shape[0] == 6 * 4 and sorted(set(train["support_y"].tolist())) == list(range(6))
     assert test["support_x"].shape[0] == 3 * 1 and train["query_x"].shape[0] == 6 and test["query_x"].shape[0] == 3
+    with pytest.raises(ConfigError, match=r"^task.train_shots \+ task.queries: 7 exceeds the 6 images"):
+        classification(cfg.model_copy(update={"train_shots": 6}), data, "train")
 
 
 def test_all_pairs_weigh_same_and_different_pairs_half_each():

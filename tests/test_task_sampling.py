@@ -47,6 +47,14 @@ def test_task_is_a_function_of_its_index_alone():
             assert_same_task(part[j], whole[i])
 
 
+def test_task_distributions_are_built_once_per_split_and_setting():
+    core = MetaCore(sinusoid())
+    train = core.task_distribution("train")
+    assert core.task_distribution("train") is train and core.task_distribution("val") is not train
+    assert core.task_distribution("train", shots=10) is core.task_distribution("train", shots=10)
+    assert len(core.tasks) == 3
+
+
 def test_tasks_differ_across_index_step_split_and_seed():
     core, other = MetaCore(sinusoid()), MetaCore(sinusoid(seed=4))
     a = core.make_tasks("train", 0, range(4)).tensors["support_y"]

@@ -132,9 +132,9 @@ class MetaCore:
         key = (split, tuple(sorted(overrides.items())))
         if key not in self.tasks:
             task_cfg = self.cfg.task.model_copy(update=overrides)
-            for key in ("ways", "shots"):
-                if overrides.get(key):
-                    task_cfg = task_cfg.model_copy(update={f"train_{key}": None})
+            for field in ("ways", "shots"):
+                if overrides.get(field):
+                    task_cfg = task_cfg.model_copy(update={f"train_{field}": None})
             self.tasks[key] = TASKS.get(task_cfg.kind)(task_cfg, self.datasets, split)
         return self.tasks[key]
 

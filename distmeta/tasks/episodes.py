@@ -22,7 +22,8 @@ class EpisodeSampler(TaskDistribution):
     kind = "classification"
 
     def __init__(self, dataset: ImageClassDataset, ways: int, shots: int, queries: int,
-                 rotations: bool = False, within_group: bool = False, split: str = "train", augment=None):
+                 rotations: bool = False, within_group: bool = False, split: str = "train", augment=None,
+                 shots_field: str = "task.shots"):
         self.data, self.ways, self.shots, self.queries = dataset, ways, shots, queries
         self.augment = augment
         self.rotations, self.within_group = rotations, within_group
@@ -35,7 +36,7 @@ class EpisodeSampler(TaskDistribution):
         if self.num_classes < ways:
             raise ConfigError(f"task.ways: {ways} exceeds the {self.num_classes} classes of split {split!r}")
         if shots + queries > per_class:
-            raise ConfigError(f"task.shots + task.queries: {shots + queries} exceeds the {per_class} "
+            raise ConfigError(f"{shots_field} + task.queries: {shots + queries} exceeds the {per_class} "
                               f"images per class of split {split!r}")
         self.groups = []
         if within_group:
@@ -84,7 +85,8 @@ def classification(task_cfg, datasets, split):
     shots = task_cfg.train_shots if (training and task_cfg.train_shots) else task_cfg.shots
     return EpisodeSampler(datasets[split], ways, shots, task_cfg.queries,
                           task_cfg.rotations, task_cfg.within_group, split,
-                          task_cfg.augment if split == "train" else None)
+                          task_cfg.augment if split == "train" else None,
+                          "task.train_shots" if shots != task_cfg.shots else "task.shots")
 
 
 classification.kind, classification.inputs = "classification", "images"
