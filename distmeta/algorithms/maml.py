@@ -20,7 +20,6 @@ from typing import Literal, Optional
 
 import torch
 from pydantic import Field
-from torch.func import functional_call
 
 from distmeta.algorithms.base import Algorithm, Tensors, forward, score_metrics, task_loss
 from distmeta.algorithms.protonet import prototypes
@@ -84,8 +83,20 @@ def inner_adapt(model, params: Tensors, buffers: Tensors, x, y, *, kind: str, st
     return {**params, **fast}
 
 
+class InnerLoopAlgorithm(Algorithm):
+    """What the methods that adapt by gradient steps (MAML, Reptile) share: their
+    evaluation step count and the parameters an inner loop starts from."""
+
+    def eval_inner_steps(self) -> int:
+        return self.cfg.eval_inner_steps if self.cfg.eval_inner_steps is not None else self.cfg.inner_steps
+
+    def initial_params(self, model, params, buffers, support_x, support_y, ways: Optional[int]) -> Tensors:
+        return inner_loop_start(model, params, buffers, support_x, support_y, kind=self.kind,
+                                head_init=self.cfg.head_init, ways=ways)
+
+
 @ALGORITHMS.register("maml")
-class MAML(Algorithm):
+class MAML(InnerLoopAlgorithm):
     name = "maml"
     config_class = MAMLConfig
     vmappable = True
@@ -97,9 +108,6 @@ class MAML(Algorithm):
         return {meta_lr_name(n): torch.full_like(p.detach(), self.cfg.inner_lr)
                 for n, p in named_parameters}
 
-    def eval_inner_steps(self) -> int:
-        return self.cfg.eval_inner_steps if self.cfg.eval_inner_steps is not None else self.cfg.inner_steps
-
     def _adapt(self, model, params, buffers, x, y, steps: int, first_order: bool) -> Tensors:
         c = self.cfg
         return inner_adapt(model, params, buffers, x, y, kind=self.kind, steps=steps, lr=c.inner_lr,
@@ -108,10 +116,6 @@ class MAML(Algorithm):
     @property
     def first_order(self) -> bool:
         return self.cfg.first_order or self.name == "fomaml"
-
-    def initial_params(self, model, params, buffers, support_x, support_y, ways: int) -> Tensors:
-        return inner_loop_start(model, params, buffers, support_x, support_y, kind=self.kind,
-                                head_init=self.cfg.head_init, ways=ways)
 
     def task_gradient(self, model, params, buffers, task):
         ways = training_ways(params)
@@ -169,7 +173,7 @@ def embed(model, params: Tensors, buffers: Tensors, x: torch.Tensor) -> torch.Te
     """The backbone's embedding of ``x`` under ``params`` (the network without its head)."""
     def sub(tensors):
         return {n[len("backbone."):]: t for n, t in tensors.items() if n.startswith("backbone.")}
-    return functional_call(model.backbone, (sub(params), sub(buffers)), (x,))
+    return forward(model.backbone, sub(params), sub(buffers), x)
 
 
 def prototype_head(model, params: Tensors, buffers: Tensors, support_x, support_y, ways: int) -> Tensors:

@@ -20,8 +20,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from distmeta.algorithms.base import Algorithm, Tensors, forward, score_metrics, task_loss
-from distmeta.algorithms.maml import InnerLoopConfig, inner_loop_start, training_ways
+from distmeta.algorithms.base import Tensors, forward, score_metrics, task_loss
+from distmeta.algorithms.maml import InnerLoopAlgorithm, InnerLoopConfig, training_ways
 from distmeta.registry import ALGORITHMS
 from distmeta.schema import Float
 
@@ -49,8 +49,6 @@ def inner_train(model, params: Tensors, buffers: Tensors, x, y, *, kind: str, st
     total = sum(len(t) for _, t in sets)
 
     def loss_fn(p):
-        if len(sets) == 1:
-            return task_loss(kind, forward(model, p, buffers, x), y)
         return sum(task_loss(kind, forward(model, p, buffers, xs), ys) * (len(ys) / total) for xs, ys in sets)
 
     for t in range(1, steps + 1):
@@ -65,25 +63,19 @@ def inner_train(model, params: Tensors, buffers: Tensors, x, y, *, kind: str, st
 
 
 @ALGORITHMS.register("reptile")
-class Reptile(Algorithm):
+class Reptile(InnerLoopAlgorithm):
     name = "reptile"
     config_class = ReptileConfig
     vmappable = True
-
-    def eval_inner_steps(self) -> int:
-        return self.cfg.eval_inner_steps if self.cfg.eval_inner_steps is not None else self.cfg.inner_steps
 
     def _train(self, model, params, buffers, x, y, steps, extra=None):
         return inner_train(model, params, buffers, x, y, kind=self.kind, steps=steps,
                            lr=self.cfg.inner_lr, optimizer=self.cfg.inner_optimizer, extra=extra)
 
-    def _start(self, model, params, buffers, support_x, support_y, ways):
-        return inner_loop_start(model, params, buffers, support_x, support_y, kind=self.kind,
-                                head_init=self.cfg.head_init, ways=ways)
-
     def task_gradient(self, model, params, buffers, task):
         with torch.no_grad():
-            start = self._start(model, params, buffers, task["support_x"], task["support_y"], training_ways(params))
+            start = self.initial_params(model, params, buffers, task["support_x"], task["support_y"],
+                                        training_ways(params))
         queries = (task["query_x"], task["query_y"]) if self.cfg.inner_data == "support_and_queries" else None
         phi = self._train(model, start, buffers, task["support_x"], task["support_y"], self.cfg.inner_steps, queries)
         with torch.no_grad():
@@ -95,7 +87,7 @@ class Reptile(Algorithm):
     def adapt(self, model, params, buffers, support_x, support_y, steps: Optional[int] = None):
         steps = steps if steps is not None else self.eval_inner_steps()
         with torch.no_grad():
-            params = self._start(model, params, buffers, support_x, support_y, int(support_y.max()) + 1)
+            params = self.initial_params(model, params, buffers, support_x, support_y, int(support_y.max()) + 1)
         with torch.enable_grad():
             return self._train(model, params, buffers, support_x, support_y, steps)
 
