@@ -25,7 +25,7 @@ class Predictor:
     def predict(self, query_x) -> torch.Tensor:
         m = self._model
         with torch.no_grad():
-            return m.algorithm.predict(m.network, m.params, m.buffers, self._state, m._tensor(query_x))
+            return m.algorithm.predict(m.network, m.params, m.buffers, self._state, m.as_input(query_x))
 
 
 class AdaptableModel:
@@ -35,7 +35,8 @@ class AdaptableModel:
         self.params = {k: v.detach() for k, v in network.named_parameters()}
         self.buffers = dict(network.named_buffers())
 
-    def _tensor(self, x) -> torch.Tensor:
+    def as_input(self, x) -> torch.Tensor:
+        """``x`` as a tensor the network takes: on the model's device, floats in its dtype."""
         x = torch.as_tensor(x)
         return (x.to(self.dtype) if x.is_floating_point() else x).to(self.device)
 
@@ -43,7 +44,7 @@ class AdaptableModel:
         """Adapt to a task from its support set (inner loop, prototypes or support embeddings)."""
         y = torch.as_tensor(support_y)
         y = y.to(self.device) if not y.is_floating_point() else y.to(self.device, self.dtype)
-        state = self.algorithm.adapt(self.network, self.params, self.buffers, self._tensor(support_x), y, steps)
+        state = self.algorithm.adapt(self.network, self.params, self.buffers, self.as_input(support_x), y, steps)
         return Predictor(self, state)
 
 

@@ -159,8 +159,8 @@ def evaluate_oneshot_runs(run: str, runs_dir: str, inner_steps=None, checkpoint=
     rngs = iter([np.random.default_rng([cfg.seed, r]) for r in range(len(runs))])
 
     def predict(support_x, query_x):
-        sx = model._tensor(torch.as_tensor(support_x, dtype=torch.float32)[:, None] / 255.0)
-        qx = model._tensor(torch.as_tensor(query_x, dtype=torch.float32)[:, None] / 255.0)
+        sx = model.as_input(torch.as_tensor(support_x, dtype=torch.float32)[:, None] / 255.0)
+        qx = model.as_input(torch.as_tensor(query_x, dtype=torch.float32)[:, None] / 255.0)
         sy = torch.arange(len(sx), device=model.device)
         return augmented_scores(model.algorithm, model.network, model.params, model.buffers, sx, sy, qx,
                                 inner_steps, copies, cfg.task.augment, next(rngs)).cpu().numpy()

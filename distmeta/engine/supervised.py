@@ -62,13 +62,19 @@ def measure_step_ms(core: MetaCore, meta_batch: int, threshold_ms: float) -> flo
     return sorted(times)[1]
 
 
+def _running_ray():
+    """The ``ray`` module when this process is connected to Ray, else None (never imports Ray)."""
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
+
+
 def workers_that_fit(e) -> Tuple[int, str]:
     """``(n, why)``: how many workers of ``engine.num_cpus`` CPUs (and ``num_gpus`` GPUs) fit: in the
     Ray cluster when Ray is up, else on this machine (what an embedded Ray gets)."""
     import os
 
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
+    ray = _running_ray()
+    if ray is not None:
         total = ray.cluster_resources()
         cpus, gpus, where = total.get("CPU", 0.0), total.get("GPU", 0.0), "the Ray cluster has"
     else:
@@ -85,8 +91,7 @@ def workers_that_fit(e) -> Tuple[int, str]:
 
 def _in_placement_group() -> bool:
     """True inside a Tune trial (or any Ray task with a placement group)."""
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
+    if _running_ray() is None:
         return False
     from ray.util.placement_group import get_current_placement_group
 
@@ -105,9 +110,9 @@ def choose_workers(cfg, core: MetaCore) -> Tuple[int, str, bool]:
     e = cfg.engine
     if _in_placement_group():
         return 0, "inside a Tune trial, whose resources reserve no workers for auto: in-process", False
-    ray = sys.modules.get("ray")
-    local = (ray is None or not ray.is_initialized()) and resolve_cluster_address(e.address).mode == EMBEDDED
-    if local or (ray is not None and ray.is_initialized()):
+    running = _running_ray() is not None
+    local = not running and resolve_cluster_address(e.address).mode == EMBEDDED
+    if local or running:
         fit, fits = workers_that_fit(e)
         if fit < 2:
             return 0, f"{fits}, and one worker is never faster than in-process", False

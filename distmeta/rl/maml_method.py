@@ -60,7 +60,7 @@ class MAMLRLMethod:
     work_unit = "env_steps"
     progress_keys = ["pre_adapt_return", "post_adapt_return", "env_steps"]   # the loop adds env_steps/s
 
-    def __init__(self, cfg, algo):
+    def __init__(self, cfg, algo, splits=None):
         self.cfg, self.rl, self.algo = cfg, cfg.rl, algo
         self.iteration = 0
         self.env_steps = 0
@@ -68,25 +68,28 @@ class MAMLRLMethod:
         self.best_pretrained_lr: Optional[float] = None
         self.baseline_means: Dict[str, float] = {}
         self._splits: Dict[tuple, Any] = {}
+        if splits is not None:  # drawn by build(): the run's eval sizes
+            self._splits[(cfg.eval.episodes, cfg.eval.final_episodes)] = splits
 
     # -- building -------------------------------------------------------------------------------
     @classmethod
-    def algorithm_config(cls, cfg):
+    def algorithm_config(cls, cfg, splits=None):
         from distmeta.rl.maml_algorithm import MAMLRLConfig
 
         # every split drawn now: a task distribution too small for them fails before Ray starts
-        train, _, _ = _split_tasks(cfg, cfg.eval.episodes, cfg.eval.final_episodes)
+        train, _, _ = splits or _split_tasks(cfg, cfg.eval.episodes, cfg.eval.final_episodes)
         return MAMLRLConfig.from_distmeta(cfg.rl, cfg.seed, train or None)
 
     @classmethod
     def build(cls, cfg) -> "MAMLRLMethod":
         from distmeta.address import connect_ray
 
-        config = cls.algorithm_config(cfg)
+        splits = _split_tasks(cfg, cfg.eval.episodes, cfg.eval.final_episodes)
+        config = cls.algorithm_config(cfg, splits)
         request = cls.resources(cfg)
         cpus = sum(b.get("CPU", 0) for b in request.bundles)
         connect_ray(getattr(cfg.engine, "address", None), num_cpus=max(2, int(math.ceil(cpus))))
-        return cls(cfg, config.build_algo())
+        return cls(cfg, config.build_algo(), splits=splits)
 
     @classmethod
     def from_checkpoint(cls, cfg, state: Dict[str, Any]) -> "MAMLRLMethod":

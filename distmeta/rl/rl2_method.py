@@ -22,27 +22,33 @@ class RL2Method:
     work_unit = "env_steps"
     progress_keys = ["train_trial_return"]
 
-    def __init__(self, cfg, algo=None, module=None):
+    def __init__(self, cfg, algo=None, module=None, splits=None):
         self.cfg, self.rl, self.algo, self._module = cfg, cfg.rl, algo, module
         self.iteration, self.env_steps, self._lifetime0 = 0, 0, 0
-        _, self.val_tasks, self.test_tasks = rl_tasks(cfg.rl, cfg.eval.episodes, cfg.eval.final_episodes)
+        _, self.val_tasks, self.test_tasks = splits or self.splits(cfg)
         self.final_baselines: Dict[str, float] = {}
 
     @staticmethod
-    def algo_config(cfg):
+    def splits(cfg):
+        """``(train, val, test)`` tasks of the run (every split drawn at once: a task
+        distribution too small for them fails here, before Ray starts)."""
+        return rl_tasks(cfg.rl, cfg.eval.episodes, cfg.eval.final_episodes)
+
+    @classmethod
+    def algo_config(cls, cfg, splits=None):
         from distmeta.rl import rl2
 
-        # every split drawn now: a task distribution too small for them fails before Ray starts
-        train, _, _ = rl_tasks(cfg.rl, cfg.eval.episodes, cfg.eval.final_episodes)
+        train, _, _ = splits or cls.splits(cfg)
         return rl2.build_ppo_config(cfg.rl, cfg.seed, train or None)
 
     @classmethod
     def build(cls, cfg) -> "RL2Method":
         from distmeta.address import connect_ray
 
-        config = cls.algo_config(cfg)
+        splits = cls.splits(cfg)
+        config = cls.algo_config(cfg, splits)
         connect_ray(cfg.engine.address, num_cpus=max(2, cfg.rl.num_env_runners + 1))
-        return cls(cfg, config.build_algo())
+        return cls(cfg, config.build_algo(), splits=splits)
 
     @classmethod
     def from_checkpoint(cls, cfg, state: Dict[str, Any]) -> "RL2Method":
