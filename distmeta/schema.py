@@ -211,9 +211,12 @@ class TrackingConfig(Section):
 class RL2Section(Section):
     episodes_per_trial: Int = Field(10, gt=0, description="K episodes of one task joined into one RLlib episode")
     trial_progress: Bool = Field(False, description="append k/K (fraction of the trial done) to the observation")
+    prev_obs: Bool = Field(False, description="also feed the previous observation: one input holds the transition")
     recurrent: Literal["lstm", "gru"] = Field("lstm", description="recurrent core of the PPO RLModule")
     cell_size: Int = Field(64, gt=0, description="recurrent state size")
     hidden: List[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64], description="encoder layers")
+    head_hidden: List[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=list, description="gru only: policy and value heads are MLPs over [h_t, x_t] (empty: linear on h_t)")
     max_seq_len: Int = Field(20, gt=0, description="BPTT chunk length")
     train_batch_size: Int = Field(4000, gt=0, description="env steps per PPO update")
     minibatch_size: Int = Field(1000, gt=0, description="PPO minibatch")
@@ -229,6 +232,9 @@ class RL2Section(Section):
 
     @model_validator(mode="after")
     def _batches(self):
+        if self.head_hidden and self.recurrent != "gru":
+            raise ValueError(f"head_hidden: needs recurrent: gru (RLlib's LSTM module has its own heads), "
+                             f"got recurrent: {self.recurrent}")
         if self.minibatch_size > self.train_batch_size:
             raise ValueError(f"minibatch_size: must be <= train_batch_size ({self.train_batch_size}), "
                              f"got {self.minibatch_size}")

@@ -114,18 +114,71 @@ def test_trial_wrapper_progress_feature():
     assert progress == [0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1.0]
 
 
-@pytest.mark.parametrize("recurrent, keys", [("lstm", {"h", "c"}), ("gru", {"h"})])
-def test_recurrent_state_carries_across_sub_episodes_and_resets_between_trials(recurrent, keys):
+def test_trial_wrapper_prev_obs():
+    """prev_obs=True: each observation also holds the observation the last action was taken in
+    (zeros at a trial's start), across sub-episode boundaries too."""
+    from distmeta.envs import make
+
+    env = TrialWrapper(make("tabular_mdp").unwrapped, episodes_per_trial=2, prev_obs=True)
+    obs, _ = env.reset(seed=3)
+    assert obs.shape == env.observation_space.shape == (10 + 10 + 5 + 2,)
+    assert obs[0] == 1 and not obs[10:20].any()          # state 0, no previous state yet
+    states = [int(np.argmax(obs[:10]))]
+    for t in range(20):
+        obs, r, term, trunc, _ = env.step(t % 5)
+        assert env.observation_space.contains(obs)
+        assert int(np.argmax(obs[10:20])) == states[-1] and obs[10:20].sum() == 1   # the state acted in
+        assert obs[20 + t % 5] == 1 and obs[25] == pytest.approx(r)
+        states.append(int(np.argmax(obs[:10])))
+    assert term and obs[-1] == 1
+    assert states[10] == 0    # after the first sub-episode, the next one starts in state 0 again
+
+
+def test_gru_skip_heads_read_the_current_input():
+    """head_hidden: the policy and value heads are MLPs over [h_t, x_t], so with the GRU's
+    output held fixed the logits still follow the current observation (a linear head on h_t
+    could not); compute_values agrees with the training forward's embeddings."""
+    from ray.rllib.core.columns import Columns
+
+    from distmeta.rl import rl2
+
+    rl = parse_rl({"algorithm": "rl2", "env": "tabular_mdp",
+                   "rl2": {"recurrent": "gru", "cell_size": 8, "hidden": [8], "head_hidden": [16],
+                           "prev_obs": True}})
+    module = rl2.build_module(rl)
+    with torch.no_grad():
+        for p in module._gru.parameters():
+            p.zero_()      # h_t = 0.5 h_{t-1}: the same for every input
+        for p in module._pi.parameters():
+            p.normal_()    # lift the near-zero initialisation of the last layer
+    obs = torch.zeros(2, 1, module.observation_space.shape[0])
+    obs[0, 0, 0], obs[1, 0, 3] = 1, 1
+    batch = {Columns.OBS: obs, Columns.STATE_IN: {"h": torch.zeros(2, 8)}}
+    with torch.no_grad():
+        out = module.forward_train(batch)
+        values = module.compute_values(batch)
+    logits = out[Columns.ACTION_DIST_INPUTS]
+    assert not torch.allclose(logits[0], logits[1], atol=1e-3)
+    torch.testing.assert_close(values, module.compute_values(batch, embeddings=out[Columns.EMBEDDINGS]))
+    with pytest.raises(Exception, match="head_hidden: needs recurrent: gru"):
+        parse_rl({"algorithm": "rl2", "env": "bandit", "rl2": {"head_hidden": [16]}})
+
+
+@pytest.mark.parametrize("recurrent, keys, extra", [("lstm", {"h", "c"}, {}), ("gru", {"h"}, {}),
+                                                    ("gru", {"h"}, {"head_hidden": [8], "prev_obs": True})])
+def test_recurrent_state_carries_across_sub_episodes_and_resets_between_trials(recurrent, keys, extra):
     """Sample two trials with RLlib's own SingleAgentEnvRunner and replay the stored recurrent
-    states (LSTM: h, c; GRU: h): a trial's states chain from the initial state through every
-    sub-episode boundary (no reset there), and the next trial starts again from the initial state."""
+    states (LSTM: h, c; GRU: h; GRU with skip heads and the previous observation as input): a
+    trial's states chain from the initial state through every sub-episode boundary (no reset
+    there), and the next trial starts again from the initial state."""
     from ray.rllib.core.columns import Columns
     from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
     from distmeta.rl import rl2
 
     rl = parse_rl({"algorithm": "rl2", "env": "point_nav", "env_config": {"horizon": 5},
-                   "rl2": {"episodes_per_trial": 3, "cell_size": 8, "hidden": [8], "recurrent": recurrent}})
+                   "rl2": {"episodes_per_trial": 3, "cell_size": 8, "hidden": [8], "recurrent": recurrent,
+                           **extra}})
     config = rl2.build_ppo_config(rl, 0).env_runners(num_env_runners=0, num_envs_per_env_runner=1)
     runner = SingleAgentEnvRunner(config=config)
     episodes = runner.sample(num_episodes=2, random_actions=False)

@@ -8,6 +8,12 @@ Over the :class:`~distmeta.rl.trial_wrapper.TrialWrapper` observations
     pi(a_t | x_<=t) = dist(W_pi h_t)      # Categorical (Discrete) or DiagGaussian (Box)
     V(x_<=t)        = w_v . h_t           # ValueFunctionAPI.compute_values, for PPO's GAE
 
+With ``rl2.head_hidden`` (``gru_head_hidden``) non-empty, the two heads are MLPs (tanh)
+over ``[h_t, x_t]`` instead: ``pi = dist(MLP_pi([h_t, x_t]))``, ``V = MLP_v([h_t, x_t])``.
+The current input then reaches the heads directly, so reading the memory ``h_t`` at the
+current observation (a tabular MDP's row of the current state) need not happen inside the
+recurrent update.
+
 The recurrent state is ``{"h": (cell_size,)}`` (batched: ``(B, cell_size)``). Inputs come
 batch-major, ``OBS: (B, T, obs_dim)`` with ``STATE_IN["h"]: (B, cell_size)``: T = 1 on the
 EnvRunners, T = ``max_seq_len`` on the Learner, where RLlib's connectors
@@ -29,10 +35,23 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 
 
-def gru_model_config(cell_size: int, hidden: List[int], max_seq_len: int) -> Dict[str, Any]:
+def gru_model_config(cell_size: int, hidden: List[int], max_seq_len: int,
+                     head_hidden: Optional[List[int]] = None) -> Dict[str, Any]:
     """The ``model_config`` dict of :class:`GRUPPOTorchRLModule`."""
     return {"gru_cell_size": int(cell_size), "gru_hidden": [int(h) for h in hidden],
-            "max_seq_len": int(max_seq_len)}
+            "gru_head_hidden": [int(h) for h in head_hidden or []], "max_seq_len": int(max_seq_len)}
+
+
+def _mlp_head(in_size: int, hidden: List[int], out: int, gain: float) -> nn.Module:
+    """tanh MLP ``in_size -> hidden... -> out``; the last layer orthogonal with ``gain``, bias 0."""
+    layers: List[nn.Module] = []
+    for size in hidden:
+        layers += [nn.Linear(in_size, int(size)), nn.Tanh()]
+        in_size = int(size)
+    last = nn.Linear(in_size, out)
+    nn.init.orthogonal_(last.weight, gain=gain)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
 
 
 class GRUPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
@@ -56,6 +75,13 @@ class GRUPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
         self._mlp = nn.Sequential(*layers)
         self._gru = nn.GRU(in_size, self._cell_size, batch_first=True)
         out = self.get_train_action_dist_cls().required_input_dim(self.action_space)
+        head_hidden = [int(h) for h in cfg.get("gru_head_hidden") or []]
+        self._skip = bool(head_hidden)   # heads over [h_t, x_t]
+        if self._skip:
+            head_in = self._cell_size + int(self.observation_space.shape[0])
+            self._pi = _mlp_head(head_in, head_hidden, out, gain=0.01)  # near-uniform initial policy
+            self._vf = _mlp_head(head_in, head_hidden, 1, gain=1.0)
+            return
         self._pi = nn.Linear(self._cell_size, out)
         self._vf = nn.Linear(self._cell_size, 1)
         nn.init.orthogonal_(self._pi.weight, gain=0.01)  # near-uniform initial policy
@@ -68,10 +94,13 @@ class GRUPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
         return {"h": torch.zeros(self._cell_size)}
 
     def _encode(self, batch: Dict[str, Any]):
-        """(B, T, obs_dim), {"h": (B, H)} -> embeddings (B, T, H), {"h": (B, H)}."""
-        x = self._mlp(batch[Columns.OBS].float())
+        """(B, T, obs_dim), {"h": (B, H)} -> embeddings (B, T, H) (skip heads: [h_t, x_t],
+        (B, T, H + obs_dim)), {"h": (B, H)}."""
+        obs = batch[Columns.OBS].float()
         h0 = batch[Columns.STATE_IN]["h"].float().unsqueeze(0)  # (num_layers=1, B, H)
-        out, h = self._gru(x, h0)
+        out, h = self._gru(self._mlp(obs), h0)
+        if self._skip:
+            out = torch.cat([out, obs], dim=-1)
         return out, {"h": h.squeeze(0)}
 
     @override(RLModule)

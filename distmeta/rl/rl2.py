@@ -41,7 +41,8 @@ class RL2TrialEnv(TrialWrapper):
         vector = int(getattr(config, "vector_index", 0) or 0)
         seed = int(np.random.SeedSequence([int(config.get("seed", 0)), worker, vector]).generate_state(1)[0])
         super().__init__(base, int(config["episodes_per_trial"]), tasks=config.get("tasks"), task_seed=seed,
-                         trial_progress=bool(config.get("trial_progress", False)))
+                         trial_progress=bool(config.get("trial_progress", False)),
+                         prev_obs=bool(config.get("prev_obs", False)))
 
 
 def _apply_task(env_runner, task) -> None:
@@ -103,7 +104,7 @@ def module_spec(rl: RLConfig, observation_space=None, action_space=None):
         s = rl.rl2
         return RLModuleSpec(module_class=GRUPPOTorchRLModule, observation_space=observation_space,
                             action_space=action_space,
-                            model_config=gru_model_config(s.cell_size, s.hidden, s.max_seq_len))
+                            model_config=gru_model_config(s.cell_size, s.hidden, s.max_seq_len, s.head_hidden))
     from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 
     return RLModuleSpec(module_class=DefaultPPOTorchRLModule, observation_space=observation_space,
@@ -112,7 +113,7 @@ def module_spec(rl: RLConfig, observation_space=None, action_space=None):
 
 def env_config(rl: RLConfig, seed: int, tasks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
     return {"env": rl.env, "env_kwargs": dict(rl.env_config), "episodes_per_trial": rl.rl2.episodes_per_trial,
-            "trial_progress": rl.rl2.trial_progress,
+            "trial_progress": rl.rl2.trial_progress, "prev_obs": rl.rl2.prev_obs,
             "seed": int(seed), "tasks": tasks}
 
 

@@ -10,7 +10,14 @@ float32 Box (a one-hot previous action for discrete action spaces), and with
 ``trial_progress=True`` one more entry, ``k / K``: the fraction of the trial's K
 episodes already finished. A finite-horizon trial's optimal policy depends on
 the episodes left (the Gittins index of a bandit arm does), which a recurrent
-policy would otherwise have to count for itself. Inside a
+policy would otherwise have to count for itself. With ``prev_obs=True`` the
+observation also carries the previous observation, so that one input holds the
+whole transition ``(s_{t-1}, a_{t-1}, r_{t-1}, s_t)``:
+``[obs, prev_obs, prev_action, prev_reward, sub_episode_done(, k / K)]``
+(``prev_obs`` is zeros at a trial's first step; at a sub-episode boundary it is
+the observation the last action was taken in, ``obs`` the new episode's first).
+A recurrent policy that learns what to remember per state and action (a tabular
+MDP's reward table) then need not carry the previous state in its memory as well. Inside a
 trial, when the inner episode ends, the inner env is reset on the same task and
 the observation carries ``sub_episode_done = 1``. The trial ends
 (``terminated=True``) after the K-th inner episode.
@@ -31,9 +38,10 @@ from gymnasium import spaces
 
 class TrialWrapper(gym.Wrapper):
     def __init__(self, env: gym.Env, episodes_per_trial: int, tasks: Optional[Sequence[Dict[str, Any]]] = None,
-                 task_seed: int = 0, trial_progress: bool = False):
+                 task_seed: int = 0, trial_progress: bool = False, prev_obs: bool = False):
         super().__init__(env)
         self.trial_progress = bool(trial_progress)
+        self.prev_obs = bool(prev_obs)
         if episodes_per_trial < 1:
             raise ValueError(f"episodes_per_trial: must be >= 1, got {episodes_per_trial}")
         self.episodes_per_trial = int(episodes_per_trial)
@@ -57,11 +65,16 @@ class TrialWrapper(gym.Wrapper):
         if self.trial_progress:
             extra_lo.append(0.0)
             extra_hi.append(1.0)
-        low = np.concatenate([inner_obs.low.reshape(-1), act_lo, extra_lo]).astype(np.float32)
-        high = np.concatenate([inner_obs.high.reshape(-1), act_hi, extra_hi]).astype(np.float32)
+        obs_lo, obs_hi = inner_obs.low.reshape(-1), inner_obs.high.reshape(-1)
+        if self.prev_obs:  # zeros before the first step: the box must hold them
+            obs_lo = np.concatenate([obs_lo, np.minimum(obs_lo, 0.0)])
+            obs_hi = np.concatenate([obs_hi, np.maximum(obs_hi, 0.0)])
+        low = np.concatenate([obs_lo, act_lo, extra_lo]).astype(np.float32)
+        high = np.concatenate([obs_hi, act_hi, extra_hi]).astype(np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self._sub = 0
         self._sub_return = 0.0
+        self._last_obs = np.zeros(self._obs_dim, np.float32)   # the inner observation acted in
         self.sub_episode_returns: List[float] = []
 
     # -- task protocol (forwarded, with pinning) ------------------------------
@@ -87,6 +100,9 @@ class TrialWrapper(gym.Wrapper):
 
     # -- gymnasium API ------------------------------------------------------
     def _encode(self, obs, action, reward: float, done: float) -> np.ndarray:
+        obs = np.array(obs, np.float32).reshape(-1)   # a copy: the env may reuse its buffer
+        prev = self._last_obs if action is not None else np.zeros(self._obs_dim, np.float32)
+        self._last_obs = obs
         if action is None:
             a = np.zeros(self._act_dim, np.float32)
         elif self._discrete:
@@ -95,7 +111,8 @@ class TrialWrapper(gym.Wrapper):
         else:
             a = np.asarray(action, np.float32).reshape(-1)
         extra = [reward, done, self._sub / self.episodes_per_trial] if self.trial_progress else [reward, done]
-        return np.concatenate([np.asarray(obs, np.float32).reshape(-1), a, np.array(extra, np.float32)])
+        parts = [obs, prev, a] if self.prev_obs else [obs, a]
+        return np.concatenate(parts + [np.array(extra, np.float32)])
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
         if seed is not None:
