@@ -324,7 +324,7 @@ def _eval_method(rl, final_episodes=20):
 
 
 def test_rl2_test_evaluation_pairs_with_the_baselines_task_by_task(monkeypatch):
-    """At "test" RL^2 and every baseline (random, PSRL, optimal) run on exactly the same task list,
+    """At "test" RL^2 and every baseline (random, PSRL, greedy, optimal) run on exactly the same task list,
     and ``vs_<baseline>`` is the paired difference of total trial return task by task (the
     formula of distmeta.rl.common.paired_difference); ``fraction_of_psrl`` is the ratio of means."""
     from distmeta.rl import baselines, rl2
@@ -350,7 +350,7 @@ def test_rl2_test_evaluation_pairs_with_the_baselines_task_by_task(monkeypatch):
     agent_tasks, agent = seen["agent"]
     base_tasks, base = seen["baselines"]
     assert agent_tasks == base_tasks == method.test_tasks and len(agent_tasks) == 20
-    assert set(out["baselines"]) == {"random", "psrl", "optimal"} and "success_rate" not in out
+    assert set(out["baselines"]) == {"random", "psrl", "greedy", "optimal"} and "success_rate" not in out
     for name, returns in base.items():
         d = agent.sum(1) - returns.sum(1)
         vs = out[f"vs_{name}"]

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from distmeta.rl.baselines import (summarize, tabular_arrays, tabular_baselines, tabular_optimal, tabular_psrl,
-                                   tabular_random)
+from distmeta.rl.baselines import (summarize, tabular_arrays, tabular_baselines, tabular_greedy, tabular_optimal,
+                                   tabular_psrl, tabular_random)
 
 # Duan et al. 2016 (RL^2), Table 2: mean total return over a trial of n episodes
 PAPER = {"random": {10: 100.1, 50: 499.7}, "psrl": {10: 138.1, 50: 904.4}}
@@ -56,7 +56,7 @@ def test_psrl_between_random_and_optimal_near_the_paper(tasks):
     allows 3 %."""
     b = tabular_baselines(tasks, 10, {}, seed=0)
     tot = {k: v.sum(1) for k, v in b.items()}
-    assert set(b) == {"random", "psrl", "optimal"} and all(v.shape == (300, 10) for v in b.values())
+    assert set(b) == {"random", "psrl", "greedy", "optimal"} and all(v.shape == (300, 10) for v in b.values())
     d = tot["psrl"] - tot["random"]
     assert d.mean() > 20 and d.mean() > 10 * d.std(ddof=1) / np.sqrt(len(d)), d.mean()
     d = tot["optimal"] - tot["psrl"]
@@ -67,6 +67,20 @@ def test_psrl_between_random_and_optimal_near_the_paper(tasks):
     assert b["psrl"][:, -3:].mean() > b["psrl"][:, 0].mean() + 2
     psrl50 = summarize(tabular_psrl(tasks, 50, 10, seed=1))["mean_return"]
     assert psrl50 == pytest.approx(PAPER["psrl"][50], rel=0.03)
+
+
+def test_myopic_greedy_beats_psrl_on_this_task_distribution(tasks):
+    """Myopic Bayes-greedy (posterior-mean reward of each action in the current state) is well
+    above PSRL at n = 10 episodes: remembering each (s, a)'s rewards is most of what the task
+    rewards (measured on 1000 test tasks: greedy 158.0, PSRL 133.3, paired +24.8 +- 1.7; the
+    RL^2 paper's agent: 156.2). It learns within the trial and stays below the known-MDP optimum."""
+    b = tabular_baselines(tasks, 10, {}, seed=0)
+    tot = {k: v.sum(1) for k, v in b.items()}
+    d = tot["greedy"] - tot["psrl"]
+    assert d.mean() > 10 and d.mean() > 5 * d.std(ddof=1) / np.sqrt(len(d)), d.mean()
+    assert tot["greedy"].mean() < tot["optimal"].mean() - 20
+    assert b["greedy"][:, -3:].mean() > b["greedy"][:, 0].mean() + 3
+    np.testing.assert_array_equal(b["greedy"], tabular_greedy(tasks, 10, 10, seed=0))
 
 
 def test_psrl_is_fast_and_deterministic(tasks):

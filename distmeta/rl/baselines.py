@@ -318,15 +318,43 @@ def tabular_psrl(tasks: Sequence[Dict[str, Any]], episodes: int, horizon: int = 
     return out
 
 
+def tabular_greedy(tasks: Sequence[Dict[str, Any]], episodes: int, horizon: int = 10, seed: int = 0) -> np.ndarray:
+    """Myopic Bayes-greedy, vectorised over tasks: in state s take the action with the highest
+    posterior-mean reward, ``(mu0 / s0^2 + sum r / sn^2) / (1 / s0^2 + n / sn^2)`` (the Normal-Normal
+    posterior of :func:`tabular_psrl`, the env's own prior), ties broken at random; the posterior
+    is updated after every step and carried across the trial's episodes. It ignores transitions
+    and never explores on purpose: a yardstick for what remembering each (s, a)'s rewards is
+    worth. Returns per (task, episode) (simulated rewards, like the env)."""
+    from distmeta.envs.tabular_mdp import REWARD_NOISE_STD, REWARD_PRIOR_MEAN, REWARD_PRIOR_STD
+
+    P, R = tabular_arrays(tasks)
+    rng = np.random.default_rng(seed)
+    n, S, A = R.shape
+    rows = np.arange(n)
+    r_sum, r_n = np.zeros((n, S, A)), np.zeros((n, S, A))
+    prior_prec, noise_prec = 1.0 / REWARD_PRIOR_STD ** 2, 1.0 / REWARD_NOISE_STD ** 2
+
+    def act(t, s):
+        mean = (prior_prec * REWARD_PRIOR_MEAN + noise_prec * r_sum[rows, s]) / (prior_prec + noise_prec * r_n[rows, s])
+        return (mean + 1e-9 * rng.random(mean.shape)).argmax(-1)   # random among equal means
+
+    def observe(s, a, r, s_next):
+        r_sum[rows, s, a] += r
+        r_n[rows, s, a] += 1
+
+    return np.stack([_tabular_episode(P, R, horizon, rng, act, observe) for _ in range(episodes)], axis=1)
+
+
 def tabular_baselines(tasks: Sequence[Dict[str, Any]], episodes: int, env_config: Dict[str, Any],
                       seed: int = 0) -> Dict[str, np.ndarray]:
-    """Per (task, episode) returns of a random policy (simulated), PSRL (simulated) and the per-task
-    optimum (expected), all vectorised over tasks."""
+    """Per (task, episode) returns of a random policy, PSRL, myopic Bayes-greedy (all simulated)
+    and the per-task optimum (expected), all vectorised over tasks."""
     from distmeta.envs.tabular_mdp import TabularMDPEnv
 
     horizon = TabularMDPEnv(**env_config).horizon
     return {"random": tabular_random(tasks, episodes, horizon, seed),
             "psrl": tabular_psrl(tasks, episodes, horizon, seed),
+            "greedy": tabular_greedy(tasks, episodes, horizon, seed),
             "optimal": tabular_optimal(tasks, episodes, horizon)}
 
 
