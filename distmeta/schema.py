@@ -217,6 +217,7 @@ class RL2Section(Section):
     hidden: List[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64], description="encoder layers")
     head_hidden: List[Annotated[int, Field(gt=0)]] = Field(
         default_factory=list, description="gru only: policy and value heads are MLPs over [h_t, x_t] (empty: linear on h_t)")
+    chrono: Int = Field(0, ge=0, description="gru only: chrono-initialise the update gate for memory spans up to N steps (0: off)")
     max_seq_len: Int = Field(20, gt=0, description="BPTT chunk length")
     train_batch_size: Int = Field(4000, gt=0, description="env steps per PPO update")
     minibatch_size: Int = Field(1000, gt=0, description="PPO minibatch")
@@ -232,6 +233,10 @@ class RL2Section(Section):
 
     @model_validator(mode="after")
     def _batches(self):
+        if self.chrono and self.recurrent != "gru":
+            raise ValueError(f"chrono: needs recurrent: gru, got recurrent: {self.recurrent}")
+        if self.chrono and self.chrono < 3:
+            raise ValueError(f"chrono: memory spans up to N steps need N >= 3 (0: off), got {self.chrono}")
         if self.head_hidden and self.recurrent != "gru":
             raise ValueError(f"head_hidden: needs recurrent: gru (RLlib's LSTM module has its own heads), "
                              f"got recurrent: {self.recurrent}")

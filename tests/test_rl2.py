@@ -164,6 +164,38 @@ def test_gru_skip_heads_read_the_current_input():
         parse_rl({"algorithm": "rl2", "env": "bandit", "rl2": {"head_hidden": [16]}})
 
 
+def test_gru_chrono_init_spreads_memory_spans():
+    """rl2.chrono: N sets the GRU's update-gate biases to log(U(1, N - 1)): with zero weights a
+    unit then keeps a fraction sigmoid(b) = 1 - 1 / (1 + e^b) of its state per step, memory spans
+    1 + e^b between 2 and N steps; the other gates keep torch's initialisation."""
+    from distmeta.rl import rl2
+    from distmeta.rl.gru_module import chrono_init_
+
+    rl = parse_rl({"algorithm": "rl2", "env": "bandit",
+                   "rl2": {"recurrent": "gru", "cell_size": 256, "hidden": [8], "chrono": 100}})
+    gru = rl2.build_module(rl)._gru
+    H = 256
+    spans = 1 + torch.exp(gru.bias_ih_l0[H:2 * H].detach())
+    assert spans.min() >= 2 and spans.max() <= 100 and spans.max() > 50 and spans.median() > 20
+    assert not gru.bias_hh_l0[H:2 * H].any()
+    plain = torch.nn.GRU(4, 8)
+    before = plain.bias_ih_l0.detach().clone()
+    chrono_init_(plain, 10, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain.bias_ih_l0[:8], before[:8])        # reset gate untouched
+    torch.testing.assert_close(plain.bias_ih_l0[16:], before[16:])      # new gate untouched
+    # a unit with bias b and zero weights keeps sigmoid(b) of its state per step
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            if "weight" in name:
+                p.zero_()
+        plain.bias_ih_l0[16:] = 0.0
+        plain.bias_hh_l0[:] = 0.0
+        h = plain(torch.zeros(1, 1, 4), torch.ones(1, 1, 8))[1][0, 0]
+    torch.testing.assert_close(h, torch.sigmoid(plain.bias_ih_l0[8:16].detach()))
+    with pytest.raises(ConfigError, match="chrono: needs recurrent: gru"):
+        parse_rl({"algorithm": "rl2", "env": "bandit", "rl2": {"chrono": 100}})
+
+
 @pytest.mark.parametrize("recurrent, keys, extra", [("lstm", {"h", "c"}, {}), ("gru", {"h"}, {}),
                                                     ("gru", {"h"}, {"head_hidden": [8], "prev_obs": True})])
 def test_recurrent_state_carries_across_sub_episodes_and_resets_between_trials(recurrent, keys, extra):

@@ -8,7 +8,9 @@ Over the :class:`~distmeta.rl.trial_wrapper.TrialWrapper` observations
     pi(a_t | x_<=t) = dist(W_pi h_t)      # Categorical (Discrete) or DiagGaussian (Box)
     V(x_<=t)        = w_v . h_t           # ValueFunctionAPI.compute_values, for PPO's GAE
 
-With ``rl2.head_hidden`` (``gru_head_hidden``) non-empty, the two heads are MLPs (tanh)
+With ``rl2.chrono: N`` the update gate starts with :func:`chrono_init_`'s memory spans of up
+to N steps (for a memory that must last a whole trial). With ``rl2.head_hidden``
+(``gru_head_hidden``) non-empty, the two heads are MLPs (tanh)
 over ``[h_t, x_t]`` instead: ``pi = dist(MLP_pi([h_t, x_t]))``, ``V = MLP_v([h_t, x_t])``.
 The current input then reaches the heads directly, so reading the memory ``h_t`` at the
 current observation (a tabular MDP's row of the current state) need not happen inside the
@@ -36,10 +38,25 @@ from ray.rllib.utils.annotations import override
 
 
 def gru_model_config(cell_size: int, hidden: List[int], max_seq_len: int,
-                     head_hidden: Optional[List[int]] = None) -> Dict[str, Any]:
+                     head_hidden: Optional[List[int]] = None, chrono: int = 0) -> Dict[str, Any]:
     """The ``model_config`` dict of :class:`GRUPPOTorchRLModule`."""
     return {"gru_cell_size": int(cell_size), "gru_hidden": [int(h) for h in hidden],
-            "gru_head_hidden": [int(h) for h in head_hidden or []], "max_seq_len": int(max_seq_len)}
+            "gru_head_hidden": [int(h) for h in head_hidden or []], "gru_chrono": int(chrono),
+            "max_seq_len": int(max_seq_len)}
+
+
+def chrono_init_(gru: nn.GRU, max_steps: int, generator: Optional[torch.Generator] = None) -> None:
+    """Chrono initialisation (Tallec and Ollivier 2018) of a one-layer ``nn.GRU``'s update gate.
+
+    torch's GRU keeps ``z`` of the old state, ``h_t = (1 - z) * n + z * h_{t-1}``, so a unit with
+    update-gate bias b starts out remembering over about ``1 + e^b`` steps. Drawing
+    ``b ~ log(U(1, max_steps - 1))`` (input-side bias; the hidden-side one 0) spreads the units'
+    initial memory spans over 2 to ``max_steps`` steps instead of torch's default of about 2."""
+    H = gru.hidden_size
+    with torch.no_grad():
+        u = torch.rand(H, generator=generator) * (max_steps - 2) + 1.0
+        gru.bias_ih_l0[H:2 * H] = torch.log(u)       # torch's gate order: reset, update, new
+        gru.bias_hh_l0[H:2 * H] = 0.0
 
 
 def _mlp_head(in_size: int, hidden: List[int], out: int, gain: float) -> nn.Module:
@@ -74,6 +91,8 @@ class GRUPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
             in_size = int(size)
         self._mlp = nn.Sequential(*layers)
         self._gru = nn.GRU(in_size, self._cell_size, batch_first=True)
+        if int(cfg.get("gru_chrono", 0)) > 2:
+            chrono_init_(self._gru, int(cfg["gru_chrono"]))
         out = self.get_train_action_dist_cls().required_input_dim(self.action_space)
         head_hidden = [int(h) for h in cfg.get("gru_head_hidden") or []]
         self._skip = bool(head_hidden)   # heads over [h_t, x_t]

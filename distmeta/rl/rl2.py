@@ -104,7 +104,8 @@ def module_spec(rl: RLConfig, observation_space=None, action_space=None):
         s = rl.rl2
         return RLModuleSpec(module_class=GRUPPOTorchRLModule, observation_space=observation_space,
                             action_space=action_space,
-                            model_config=gru_model_config(s.cell_size, s.hidden, s.max_seq_len, s.head_hidden))
+                            model_config=gru_model_config(s.cell_size, s.hidden, s.max_seq_len, s.head_hidden,
+                                                         s.chrono))
     from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 
     return RLModuleSpec(module_class=DefaultPPOTorchRLModule, observation_space=observation_space,
