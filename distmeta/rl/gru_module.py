@@ -59,12 +59,18 @@ def chrono_init_(gru: nn.GRU, max_steps: int, generator: Optional[torch.Generato
         gru.bias_hh_l0[H:2 * H] = 0.0
 
 
-def _mlp_head(in_size: int, hidden: List[int], out: int, gain: float) -> nn.Module:
-    """tanh MLP ``in_size -> hidden... -> out``; the last layer orthogonal with ``gain``, bias 0."""
+def _tanh_layers(in_size: int, hidden: List[int]):
+    """``(layers, out_size)``: Linear + tanh for each size in ``hidden``."""
     layers: List[nn.Module] = []
     for size in hidden:
         layers += [nn.Linear(in_size, int(size)), nn.Tanh()]
         in_size = int(size)
+    return layers, in_size
+
+
+def _mlp_head(in_size: int, hidden: List[int], out: int, gain: float) -> nn.Module:
+    """tanh MLP ``in_size -> hidden... -> out``; the last layer orthogonal with ``gain``, bias 0."""
+    layers, in_size = _tanh_layers(in_size, hidden)
     last = nn.Linear(in_size, out)
     nn.init.orthogonal_(last.weight, gain=gain)
     nn.init.zeros_(last.bias)
@@ -84,11 +90,7 @@ class GRUPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
     def setup(self):
         cfg = self.model_config or {}
         self._cell_size = int(cfg.get("gru_cell_size", 64))
-        in_size = int(self.observation_space.shape[0])
-        layers: List[nn.Module] = []
-        for size in cfg.get("gru_hidden", [64]):
-            layers += [nn.Linear(in_size, int(size)), nn.Tanh()]
-            in_size = int(size)
+        layers, in_size = _tanh_layers(int(self.observation_space.shape[0]), cfg.get("gru_hidden", [64]))
         self._mlp = nn.Sequential(*layers)
         self._gru = nn.GRU(in_size, self._cell_size, batch_first=True)
         if int(cfg.get("gru_chrono", 0)) > 2:
