@@ -34,6 +34,13 @@ def rl_tasks(rl: RLConfig, n_val: int, n_test: int):
     return task_splits(make(rl.env, **rl.env_config), rl.train_tasks, n_val, n_test, rl.task_seed)
 
 
+def run_tasks(cfg):
+    """``rl_tasks`` at the run's evaluation sizes (``eval.episodes`` validation, ``eval.final_episodes``
+    test tasks). Every split is drawn at once, so a task distribution too small for them fails
+    here, before Ray starts."""
+    return rl_tasks(cfg.rl, cfg.eval.episodes, cfg.eval.final_episodes)
+
+
 def plot_curve(run_dir: Path, xs: List[float], ys: List[float], baselines: Dict[str, float], title: str,
                ylabel: str = "mean held-out return") -> Optional[Path]:
     import matplotlib

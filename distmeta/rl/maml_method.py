@@ -28,16 +28,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from distmeta.rl import maml_rl as core
-from distmeta.rl.common import paired_difference
+from distmeta.rl.common import paired_difference, rl_tasks, run_tasks
 
 log = logging.getLogger("distmeta.rl")
-
-
-def _split_tasks(cfg, n_val: int, n_test: int):
-    """``task_splits(make(rl.env, **rl.env_config), rl.train_tasks, n_val, n_test, rl.task_seed)``."""
-    from distmeta.rl.common import rl_tasks
-
-    return rl_tasks(cfg.rl, n_val, n_test)
 
 
 def success_summary(success: np.ndarray, inner_steps: int) -> Dict[str, Any]:
@@ -76,15 +69,14 @@ class MAMLRLMethod:
     def algorithm_config(cls, cfg, splits=None):
         from distmeta.rl.maml_algorithm import MAMLRLConfig
 
-        # every split drawn now: a task distribution too small for them fails before Ray starts
-        train, _, _ = splits or _split_tasks(cfg, cfg.eval.episodes, cfg.eval.final_episodes)
+        train, _, _ = splits or run_tasks(cfg)
         return MAMLRLConfig.from_distmeta(cfg.rl, cfg.seed, train or None)
 
     @classmethod
     def build(cls, cfg) -> "MAMLRLMethod":
         from distmeta.address import connect_ray
 
-        splits = _split_tasks(cfg, cfg.eval.episodes, cfg.eval.final_episodes)
+        splits = run_tasks(cfg)
         config = cls.algorithm_config(cfg, splits)
         request = cls.resources(cfg)
         cpus = sum(b.get("CPU", 0) for b in request.bundles)
@@ -146,7 +138,7 @@ class MAMLRLMethod:
         n = int(episodes or (ev.episodes if split == "val" else ev.final_episodes))
         key = (max(ev.episodes, n if split == "val" else 0), max(ev.final_episodes, n if split == "test" else 0))
         if key not in self._splits:
-            self._splits[key] = _split_tasks(self.cfg, *key)
+            self._splits[key] = rl_tasks(self.cfg.rl, *key)
         _, val, test = self._splits[key]
         return list(val if split == "val" else test)[:n]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from distmeta.rl.common import plot_curve, rl_tasks, to_plain
+from distmeta.rl.common import plot_curve, rl_tasks, run_tasks, to_plain
 
 
 class RL2Method:
@@ -25,27 +25,21 @@ class RL2Method:
     def __init__(self, cfg, algo=None, module=None, splits=None):
         self.cfg, self.rl, self.algo, self._module = cfg, cfg.rl, algo, module
         self.iteration, self.env_steps, self._lifetime0 = 0, 0, 0
-        _, self.val_tasks, self.test_tasks = splits or self.splits(cfg)
+        _, self.val_tasks, self.test_tasks = splits or run_tasks(cfg)
         self.final_baselines: Dict[str, float] = {}
 
     @staticmethod
-    def splits(cfg):
-        """``(train, val, test)`` tasks of the run (every split drawn at once: a task
-        distribution too small for them fails here, before Ray starts)."""
-        return rl_tasks(cfg.rl, cfg.eval.episodes, cfg.eval.final_episodes)
-
-    @classmethod
-    def algo_config(cls, cfg, splits=None):
+    def algo_config(cfg, splits=None):
         from distmeta.rl import rl2
 
-        train, _, _ = splits or cls.splits(cfg)
+        train, _, _ = splits or run_tasks(cfg)
         return rl2.build_ppo_config(cfg.rl, cfg.seed, train or None)
 
     @classmethod
     def build(cls, cfg) -> "RL2Method":
         from distmeta.address import connect_ray
 
-        splits = cls.splits(cfg)
+        splits = run_tasks(cfg)
         config = cls.algo_config(cfg, splits)
         connect_ray(cfg.engine.address, num_cpus=max(2, cfg.rl.num_env_runners + 1))
         return cls(cfg, config.build_algo(), splits=splits)
