@@ -278,6 +278,18 @@ def tabular_optimal(tasks: Sequence[Dict[str, Any]], episodes: int, horizon: int
     return np.repeat(v0[:, None], episodes, axis=1)
 
 
+def reward_posterior(r_sum: np.ndarray, r_n: np.ndarray):
+    """``(mean, precision)`` of the Normal-Normal posterior of a mean reward under the env's prior
+    (``distmeta.envs.tabular_mdp``: mean ~ N(mu0, s0^2), observed reward ~ N(mean, sn^2)) after
+    ``r_n`` rewards summing to ``r_sum``: precision ``1 / s0^2 + n / sn^2``, mean
+    ``(mu0 / s0^2 + sum r / sn^2) / precision``. Elementwise, any shape."""
+    from distmeta.envs.tabular_mdp import REWARD_NOISE_STD, REWARD_PRIOR_MEAN, REWARD_PRIOR_STD
+
+    prior_prec, noise_prec = 1.0 / REWARD_PRIOR_STD ** 2, 1.0 / REWARD_NOISE_STD ** 2
+    prec = prior_prec + noise_prec * r_n
+    return (prior_prec * REWARD_PRIOR_MEAN + noise_prec * r_sum) / prec, prec
+
+
 def tabular_psrl(tasks: Sequence[Dict[str, Any]], episodes: int, horizon: int = 10, seed: int = 0) -> np.ndarray:
     """Posterior sampling for RL (PSRL; Osband, Russo and Van Roy 2013), vectorised over tasks.
 
@@ -290,8 +302,7 @@ def tabular_psrl(tasks: Sequence[Dict[str, Any]], episodes: int, horizon: int = 
     episode; the posterior is updated with the episode's transitions. Returns per (task, episode)
     (simulated rewards, like the env and RL^2's evaluation).
     """
-    from distmeta.envs.tabular_mdp import (REWARD_NOISE_STD, REWARD_PRIOR_MEAN, REWARD_PRIOR_STD,
-                                           TRANSITION_CONCENTRATION, q_values)
+    from distmeta.envs.tabular_mdp import TRANSITION_CONCENTRATION, q_values
 
     P, R = tabular_arrays(tasks)
     rng = np.random.default_rng(seed)
@@ -299,7 +310,6 @@ def tabular_psrl(tasks: Sequence[Dict[str, Any]], episodes: int, horizon: int = 
     rows = np.arange(n)
     counts = np.zeros((n, S, A, S))
     r_sum, r_n = np.zeros((n, S, A)), np.zeros((n, S, A))
-    prior_prec, noise_prec = 1.0 / REWARD_PRIOR_STD ** 2, 1.0 / REWARD_NOISE_STD ** 2
     out = np.zeros((n, episodes))
 
     def observe(s, a, r, s_next):
@@ -310,8 +320,7 @@ def tabular_psrl(tasks: Sequence[Dict[str, Any]], episodes: int, horizon: int = 
     for e in range(episodes):
         g = rng.standard_gamma(TRANSITION_CONCENTRATION + counts)  # Dirichlet draws, one per (task, s, a)
         p_hat = g / g.sum(-1, keepdims=True)
-        prec = prior_prec + noise_prec * r_n
-        mean = (prior_prec * REWARD_PRIOR_MEAN + noise_prec * r_sum) / prec
+        mean, prec = reward_posterior(r_sum, r_n)
         r_hat = mean + rng.standard_normal(mean.shape) / np.sqrt(prec)
         q = q_values(p_hat, r_hat, horizon)  # [H, N, S, A]
         out[:, e] = _tabular_episode(P, R, horizon, rng, lambda t, s: q[t, rows, s].argmax(-1), observe)
@@ -320,22 +329,19 @@ def tabular_psrl(tasks: Sequence[Dict[str, Any]], episodes: int, horizon: int = 
 
 def tabular_greedy(tasks: Sequence[Dict[str, Any]], episodes: int, horizon: int = 10, seed: int = 0) -> np.ndarray:
     """Myopic Bayes-greedy, vectorised over tasks: in state s take the action with the highest
-    posterior-mean reward, ``(mu0 / s0^2 + sum r / sn^2) / (1 / s0^2 + n / sn^2)`` (the Normal-Normal
-    posterior of :func:`tabular_psrl`, the env's own prior), ties broken at random; the posterior
+    posterior-mean reward (:func:`reward_posterior`, the Normal-Normal posterior under the env's own
+    prior that :func:`tabular_psrl` samples from), ties broken at random; the posterior
     is updated after every step and carried across the trial's episodes. It ignores transitions
     and never explores on purpose: a yardstick for what remembering each (s, a)'s rewards is
     worth. Returns per (task, episode) (simulated rewards, like the env)."""
-    from distmeta.envs.tabular_mdp import REWARD_NOISE_STD, REWARD_PRIOR_MEAN, REWARD_PRIOR_STD
-
     P, R = tabular_arrays(tasks)
     rng = np.random.default_rng(seed)
     n, S, A = R.shape
     rows = np.arange(n)
     r_sum, r_n = np.zeros((n, S, A)), np.zeros((n, S, A))
-    prior_prec, noise_prec = 1.0 / REWARD_PRIOR_STD ** 2, 1.0 / REWARD_NOISE_STD ** 2
 
     def act(t, s):
-        mean = (prior_prec * REWARD_PRIOR_MEAN + noise_prec * r_sum[rows, s]) / (prior_prec + noise_prec * r_n[rows, s])
+        mean, _ = reward_posterior(r_sum[rows, s], r_n[rows, s])
         return (mean + 1e-9 * rng.random(mean.shape)).argmax(-1)   # random among equal means
 
     def observe(s, a, r, s_next):
