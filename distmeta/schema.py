@@ -212,12 +212,15 @@ class RL2Section(Section):
     episodes_per_trial: Int = Field(10, gt=0, description="K episodes of one task joined into one RLlib episode")
     trial_progress: Bool = Field(False, description="append k/K (fraction of the trial done) to the observation")
     prev_obs: Bool = Field(False, description="also feed the previous observation: one input holds the transition")
-    recurrent: Literal["lstm", "gru"] = Field("lstm", description="recurrent core of the PPO RLModule")
-    cell_size: Int = Field(64, gt=0, description="recurrent state size")
+    recurrent: Literal["lstm", "gru", "attention"] = Field(
+        "lstm", description="memory of the PPO RLModule: RLlib's LSTM, a GRU, or attention over the trial's last inputs")
+    cell_size: Int = Field(64, gt=0, description="recurrent state size (attention: the attention's width)")
     hidden: List[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64], description="encoder layers")
     head_hidden: List[Annotated[int, Field(gt=0)]] = Field(
-        default_factory=list, description="gru only: policy and value heads are MLPs over [h_t, x_t] (empty: linear on h_t)")
+        default_factory=list, description="gru, attention: policy and value heads are MLPs over [h_t, x_t] (empty: linear)")
     chrono: Int = Field(0, ge=0, description="gru only: chrono-initialise the update gate for memory spans up to N steps (0: off)")
+    memory: Int = Field(0, ge=0, description="attention only: inputs attended to, the current one included (0: max_seq_len)")
+    heads: Int = Field(4, gt=0, description="attention only: attention heads (cell_size must divide by it)")
     max_seq_len: Int = Field(20, gt=0, description="BPTT chunk length")
     train_batch_size: Int = Field(4000, gt=0, description="env steps per PPO update")
     minibatch_size: Int = Field(1000, gt=0, description="PPO minibatch")
@@ -237,9 +240,10 @@ class RL2Section(Section):
             raise ValueError(f"chrono: needs recurrent: gru, got recurrent: {self.recurrent}")
         if self.chrono and self.chrono < 3:
             raise ValueError(f"chrono: memory spans up to N steps need N >= 3 (0: off), got {self.chrono}")
-        if self.head_hidden and self.recurrent != "gru":
-            raise ValueError(f"head_hidden: needs recurrent: gru (RLlib's LSTM module has its own heads), "
-                             f"got recurrent: {self.recurrent}")
+        if self.head_hidden and self.recurrent == "lstm":
+            raise ValueError("head_hidden: needs recurrent: gru or attention (RLlib's LSTM module has its own heads)")
+        if self.recurrent == "attention" and self.cell_size % self.heads:
+            raise ValueError(f"heads: cell_size ({self.cell_size}) must divide by it, got {self.heads}")
         if self.minibatch_size > self.train_batch_size:
             raise ValueError(f"minibatch_size: must be <= train_batch_size ({self.train_batch_size}), "
                              f"got {self.minibatch_size}")

@@ -49,8 +49,8 @@ def test_validate_rl_names_the_field(rl, field):
     assert msg.startswith(field) and "\n" not in msg
 
 
-def test_validate_rl_accepts_both_recurrent_modules():
-    for recurrent in ("lstm", "gru"):
+def test_validate_rl_accepts_every_recurrent_module():
+    for recurrent in ("lstm", "gru", "attention"):
         assert parse_rl({"rl2": {"recurrent": recurrent}}).rl2.recurrent == recurrent
 
 
@@ -196,8 +196,65 @@ def test_gru_chrono_init_spreads_memory_spans():
         parse_rl({"algorithm": "rl2", "env": "bandit", "rl2": {"chrono": 100}})
 
 
+def _attention_module(memory, max_seq_len):
+    from distmeta.rl import rl2
+
+    rl = parse_rl({"algorithm": "rl2", "env": "tabular_mdp",
+                   "rl2": {"recurrent": "attention", "cell_size": 32, "hidden": [32], "heads": 4, "memory": memory,
+                           "max_seq_len": max_seq_len, "prev_obs": True, "head_hidden": [16]}})
+    torch.manual_seed(0)
+    module = rl2.build_module(rl)
+    module.eval()
+    return module
+
+
+def test_attention_memory_chunks_equal_steps_and_see_a_window_of_m_inputs():
+    """recurrent: attention: forwarding 12 inputs one at a time (RLlib's sampling, T = 1) or in
+    chunks of max_seq_len = 5 (its Learner), each fed the memory the previous call returned,
+    gives the same logits; the output at step t depends on inputs t - M + 1 .. t only (M = 7)."""
+    from ray.rllib.core.columns import Columns
+
+    module = _attention_module(memory=7, max_seq_len=5)
+    B, T = 3, 12
+    obs = torch.randn(B, T, module.observation_space.shape[0], generator=torch.Generator().manual_seed(1))
+    init = {k: v.unsqueeze(0).repeat(B, 1, 1) for k, v in module.get_initial_state().items()}
+    assert init["memory"].shape == (B, 7, obs.shape[-1] + 1) and not init["memory"].any()
+
+    def run(length, inputs):
+        state, logits = init, []
+        with torch.no_grad():
+            for start in range(0, T, length):
+                out = module.forward_train({Columns.OBS: inputs[:, start:start + length], Columns.STATE_IN: state})
+                state = out[Columns.STATE_OUT]
+                logits.append(out[Columns.ACTION_DIST_INPUTS])
+        return torch.cat(logits, dim=1), state
+
+    steps, state = run(1, obs)
+    chunks, _ = run(5, obs)
+    torch.testing.assert_close(chunks, steps, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state["memory"][..., :-1], obs[:, -7:])    # the last 7 inputs, all real
+    assert state["memory"][..., -1].eq(1).all()
+    nudged = obs.clone()
+    nudged[:, 4] += 1.0
+    moved = (run(T, nudged)[0] - run(T, obs)[0]).abs().amax(dim=(0, 2))
+    assert moved[:4].eq(0).all() and moved[11] == 0      # before step 4, and 7 steps after it
+    assert (moved[4:11] > 1e-6).all(), moved             # inside the window, step 4 counts
+
+
+def test_attention_config_is_checked():
+    from distmeta.rl.attention_module import AttentionPPOTorchRLModule
+
+    module = _attention_module(memory=0, max_seq_len=9)
+    assert isinstance(module, AttentionPPOTorchRLModule) and module.get_initial_state()["memory"].shape[0] == 9
+    with pytest.raises(ConfigError, match=r"heads: cell_size \(30\) must divide by it, got 4"):
+        parse_rl({"algorithm": "rl2", "env": "bandit", "rl2": {"recurrent": "attention", "cell_size": 30}})
+    with pytest.raises(ConfigError, match="chrono: needs recurrent: gru"):
+        parse_rl({"algorithm": "rl2", "env": "bandit", "rl2": {"recurrent": "attention", "chrono": 10}})
+
+
 @pytest.mark.parametrize("recurrent, keys, extra", [("lstm", {"h", "c"}, {}), ("gru", {"h"}, {}),
-                                                    ("gru", {"h"}, {"head_hidden": [8], "prev_obs": True})])
+                                                    ("gru", {"h"}, {"head_hidden": [8], "prev_obs": True}),
+                                                    ("attention", {"memory"}, {"head_hidden": [8], "prev_obs": True})])
 def test_recurrent_state_carries_across_sub_episodes_and_resets_between_trials(recurrent, keys, extra):
     """Sample two trials with RLlib's own SingleAgentEnvRunner and replay the stored recurrent
     states (LSTM: h, c; GRU: h; GRU with skip heads and the previous observation as input): a
@@ -239,13 +296,14 @@ def test_recurrent_state_carries_across_sub_episodes_and_resets_between_trials(r
             for key in keys:
                 np.testing.assert_allclose(state[key][0].numpy(), stored[key][t], rtol=1e-5, atol=1e-6)
         # power check: resetting at the boundary (what RLlib would do without the wrapper) differs
+        key = sorted(keys)[-1]
         reset_at_5 = step(obs[5], init)
-        assert not np.allclose(reset_at_5["h"][0].numpy(), stored["h"][5], atol=1e-4)
+        assert not np.allclose(reset_at_5[key][0].numpy(), stored[key][5], atol=1e-4)
     # between trials: trial 2's first state came from the initial state, not from trial 1's last
     second = episodes[1]
     carried = step(second.get_observations()[0], {k: torch.as_tensor(v[-1])[None] for k, v in
                                                    episodes[0].get_extra_model_outputs(Columns.STATE_OUT).items()})
-    assert not np.allclose(carried["h"][0].numpy(), second.get_extra_model_outputs(Columns.STATE_OUT)["h"][0],
+    assert not np.allclose(carried[key][0].numpy(), second.get_extra_model_outputs(Columns.STATE_OUT)[key][0],
                            atol=1e-4)
 
 
@@ -273,7 +331,7 @@ def _paired_vs_random(run_path, rl_cfg, checkpoint="final"):
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("recurrent", ["lstm", "gru"])
+@pytest.mark.parametrize("recurrent", ["lstm", "gru", "attention"])
 def test_rl2_learns_two_armed_bandits(ray_session, tmp_path, recurrent):
     """20k env steps of recurrent PPO (~10 s) on 2-armed bandits, 20 pulls per trial, through the
     one run loop; on 200 test tasks (disjoint from the validation tasks that select best.pt) the

@@ -1,7 +1,8 @@
 """RL^2 (Duan et al., 2016) on RLlib's new API stack: PPO with a recurrent RLModule
 over :class:`~distmeta.rl.trial_wrapper.TrialWrapper` episodes (``rl2.recurrent``:
-``lstm``, RLlib's default PPO RLModule with an LSTM encoder, or ``gru``,
-:class:`~distmeta.rl.gru_module.GRUPPOTorchRLModule`).
+``lstm``, RLlib's default PPO RLModule with an LSTM encoder, ``gru``,
+:class:`~distmeta.rl.gru_module.GRUPPOTorchRLModule`, or ``attention``,
+:class:`~distmeta.rl.attention_module.AttentionPPOTorchRLModule`).
 
 - :class:`RL2TrialEnv`: the env class RLlib builds on each EnvRunner (a trial
   wrapper around a distmeta env; task stream seeded from the run seed and the
@@ -106,6 +107,14 @@ def module_spec(rl: RLConfig, observation_space=None, action_space=None):
                             action_space=action_space,
                             model_config=gru_model_config(s.cell_size, s.hidden, s.max_seq_len, s.head_hidden,
                                                          s.chrono))
+    if rl.rl2.recurrent == "attention":
+        from distmeta.rl.attention_module import AttentionPPOTorchRLModule, attention_model_config
+
+        s = rl.rl2
+        return RLModuleSpec(module_class=AttentionPPOTorchRLModule, observation_space=observation_space,
+                            action_space=action_space,
+                            model_config=attention_model_config(s.cell_size, s.hidden, s.max_seq_len, s.head_hidden,
+                                                                s.memory, s.heads))
     from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 
     return RLModuleSpec(module_class=DefaultPPOTorchRLModule, observation_space=observation_space,
@@ -129,7 +138,7 @@ def build_ppo_config(rl: RLConfig, seed: int, train_tasks: Optional[List[Dict[st
     from ray.rllib.algorithms.ppo import PPOConfig
 
     s = rl.rl2
-    module = {"rl_module_spec": module_spec(rl)} if s.recurrent == "gru" else {"model_config": model_config(rl)}
+    module = {"rl_module_spec": module_spec(rl)} if s.recurrent != "lstm" else {"model_config": model_config(rl)}
     return (
         PPOConfig()
         .environment(RL2TrialEnv, env_config=env_config(rl, seed, train_tasks))
