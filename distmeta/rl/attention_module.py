@@ -34,12 +34,11 @@ import torch
 from torch import nn
 
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 
-from distmeta.rl.gru_module import _mlp_head, _tanh_layers
+from distmeta.rl.memory_module import MemoryPPOTorchRLModule, mlp_head, tanh_layers
 
 
 def attention_model_config(dim: int, hidden: List[int], max_seq_len: int, head_hidden: Optional[List[int]] = None,
@@ -60,12 +59,8 @@ def window_mask(memory: int, steps: int) -> torch.Tensor:
     return (key > query) | (key <= query - memory)
 
 
-class AttentionPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
+class AttentionPPOTorchRLModule(MemoryPPOTorchRLModule):
     """Embedding MLP -> one multi-head attention block over the trial's last M inputs -> heads."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.pop("catalog_class", None)   # builds its own layers, as GRUPPOTorchRLModule
-        super().__init__(*args, **kwargs)
 
     @override(TorchRLModule)
     def setup(self):
@@ -73,15 +68,15 @@ class AttentionPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
         self._obs_dim = int(self.observation_space.shape[0])
         self._memory = int(cfg.get("attn_memory", cfg.get("max_seq_len", 20)))
         dim = int(cfg.get("attn_dim", 64))
-        layers, in_size = _tanh_layers(self._obs_dim, cfg.get("attn_hidden", [64]))
+        layers, in_size = tanh_layers(self._obs_dim, cfg.get("attn_hidden", [64]))
         self._embed = nn.Sequential(*layers, nn.Linear(in_size, dim))
         self._norm_q, self._norm_kv, self._norm_ff = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self._attn = nn.MultiheadAttention(dim, int(cfg.get("attn_heads", 4)), batch_first=True)
         self._ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.Tanh(), nn.Linear(2 * dim, dim))
         out = self.get_train_action_dist_cls().required_input_dim(self.action_space)
         head_hidden = [int(h) for h in cfg.get("attn_head_hidden") or []]
-        self._pi = _mlp_head(dim + self._obs_dim, head_hidden, out, gain=0.01)  # near-uniform initial policy
-        self._vf = _mlp_head(dim + self._obs_dim, head_hidden, 1, gain=1.0)
+        self._pi = mlp_head(dim + self._obs_dim, head_hidden, out, gain=0.01)  # near-uniform initial policy
+        self._vf = mlp_head(dim + self._obs_dim, head_hidden, 1, gain=1.0)
 
     @override(RLModule)
     def get_initial_state(self) -> Dict[str, torch.Tensor]:
@@ -106,20 +101,3 @@ class AttentionPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
         z = query + attended
         z = z + self._ff(self._norm_ff(z))
         return torch.cat([z, obs], dim=-1), {"memory": inputs[:, -self._memory:]}
-
-    @override(RLModule)
-    def _forward(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
-        emb, state_out = self._encode(batch)
-        return {Columns.ACTION_DIST_INPUTS: self._pi(emb), Columns.STATE_OUT: state_out}
-
-    @override(RLModule)
-    def _forward_train(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
-        emb, state_out = self._encode(batch)
-        return {Columns.ACTION_DIST_INPUTS: self._pi(emb), Columns.STATE_OUT: state_out,
-                Columns.EMBEDDINGS: emb}
-
-    @override(ValueFunctionAPI)
-    def compute_values(self, batch: Dict[str, Any], embeddings: Optional[Any] = None) -> torch.Tensor:
-        if embeddings is None:
-            embeddings, _ = self._encode(batch)
-        return self._vf(embeddings).squeeze(-1)

@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
+
+from distmeta.rl.memory_module import MemoryPPOTorchRLModule, mlp_head, tanh_layers
 
 
 def gru_model_config(cell_size: int, hidden: List[int], max_seq_len: int,
@@ -59,38 +60,14 @@ def chrono_init_(gru: nn.GRU, max_steps: int, generator: Optional[torch.Generato
         gru.bias_hh_l0[H:2 * H] = 0.0
 
 
-def _tanh_layers(in_size: int, hidden: List[int]):
-    """``(layers, out_size)``: Linear + tanh for each size in ``hidden``."""
-    layers: List[nn.Module] = []
-    for size in hidden:
-        layers += [nn.Linear(in_size, int(size)), nn.Tanh()]
-        in_size = int(size)
-    return layers, in_size
-
-
-def _mlp_head(in_size: int, hidden: List[int], out: int, gain: float) -> nn.Module:
-    """tanh MLP ``in_size -> hidden... -> out``; the last layer orthogonal with ``gain``, bias 0."""
-    layers, in_size = _tanh_layers(in_size, hidden)
-    last = nn.Linear(in_size, out)
-    nn.init.orthogonal_(last.weight, gain=gain)
-    nn.init.zeros_(last.bias)
-    return nn.Sequential(*layers, last)
-
-
-class GRUPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
+class GRUPPOTorchRLModule(MemoryPPOTorchRLModule):
     """MLP -> GRU -> (policy head, value head), with a shared recurrent encoder."""
-
-    def __init__(self, *args, **kwargs):
-        # PPO's default spec carries PPOCatalog; this module builds its own layers, and a
-        # module built through Ray must equal one built from a checkpoint without it.
-        kwargs.pop("catalog_class", None)
-        super().__init__(*args, **kwargs)
 
     @override(TorchRLModule)
     def setup(self):
         cfg = self.model_config or {}
         self._cell_size = int(cfg.get("gru_cell_size", 64))
-        layers, in_size = _tanh_layers(int(self.observation_space.shape[0]), cfg.get("gru_hidden", [64]))
+        layers, in_size = tanh_layers(int(self.observation_space.shape[0]), cfg.get("gru_hidden", [64]))
         self._mlp = nn.Sequential(*layers)
         self._gru = nn.GRU(in_size, self._cell_size, batch_first=True)
         if int(cfg.get("gru_chrono", 0)) > 2:
@@ -100,8 +77,8 @@ class GRUPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
         self._skip = bool(head_hidden)   # heads over [h_t, x_t]
         if self._skip:
             head_in = self._cell_size + int(self.observation_space.shape[0])
-            self._pi = _mlp_head(head_in, head_hidden, out, gain=0.01)  # near-uniform initial policy
-            self._vf = _mlp_head(head_in, head_hidden, 1, gain=1.0)
+            self._pi = mlp_head(head_in, head_hidden, out, gain=0.01)  # near-uniform initial policy
+            self._vf = mlp_head(head_in, head_hidden, 1, gain=1.0)
             return
         self._pi = nn.Linear(self._cell_size, out)
         self._vf = nn.Linear(self._cell_size, 1)
@@ -123,20 +100,3 @@ class GRUPPOTorchRLModule(TorchRLModule, ValueFunctionAPI):
         if self._skip:
             out = torch.cat([out, obs], dim=-1)
         return out, {"h": h.squeeze(0)}
-
-    @override(RLModule)
-    def _forward(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
-        emb, state_out = self._encode(batch)
-        return {Columns.ACTION_DIST_INPUTS: self._pi(emb), Columns.STATE_OUT: state_out}
-
-    @override(RLModule)
-    def _forward_train(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
-        emb, state_out = self._encode(batch)
-        return {Columns.ACTION_DIST_INPUTS: self._pi(emb), Columns.STATE_OUT: state_out,
-                Columns.EMBEDDINGS: emb}
-
-    @override(ValueFunctionAPI)
-    def compute_values(self, batch: Dict[str, Any], embeddings: Optional[Any] = None) -> torch.Tensor:
-        if embeddings is None:
-            embeddings, _ = self._encode(batch)
-        return self._vf(embeddings).squeeze(-1)
