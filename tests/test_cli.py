@@ -80,6 +80,12 @@ def test_validate_every_experiment(path, capsys):
     assert resolved["budget"], "every experiment states its budget"
 
 
+def test_every_experiment_is_listed_in_the_experiments_readme():
+    readme = (REPO / "experiments" / "README.md").read_text()
+    unlisted = [p.name for p in EXPERIMENTS if f"`{p.name}`" not in readme]
+    assert not unlisted, f"experiments/README.md does not list {unlisted}"
+
+
 def test_experiments_exist():
     names = {p.stem for p in EXPERIMENTS}
     for method in ("protonet", "maml", "fomaml", "reptile", "siamese"):
