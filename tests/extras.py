@@ -1,27 +1,20 @@
 """Skip markers for tests that need an optional extra."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 
-def _has_metaworld() -> bool:
+def _importable(module: str) -> bool:
     try:
-        import metaworld  # noqa: F401
+        importlib.import_module(module)
     except Exception:
         return False
     return True
 
 
-needs_metaworld = pytest.mark.skipif(not _has_metaworld(),
+needs_metaworld = pytest.mark.skipif(not _importable("metaworld"),
                                      reason="needs the metaworld extra (pip install 'distmeta[metaworld]')")
-
-
-def _has_mujoco() -> bool:
-    try:
-        import mujoco  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-needs_mujoco = pytest.mark.skipif(not _has_mujoco(), reason="needs the mujoco extra (pip install 'distmeta[mujoco]')")
+needs_mujoco = pytest.mark.skipif(not _importable("mujoco"),
+                                  reason="needs the mujoco extra (pip install 'distmeta[mujoco]')")
