@@ -7,24 +7,13 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
-from extras import needs_metaworld
+from extras import needs_metaworld, needs_mujoco
 from gymnasium.utils.env_checker import check_env
 
 import distmeta.envs as E
 from distmeta.errors import DistmetaError
 
 
-def _has_mujoco() -> bool:
-    try:
-        import mujoco  # noqa: F401
-        from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-HAS_MUJOCO = _has_mujoco()
-needs_mujoco = pytest.mark.skipif(not HAS_MUJOCO, reason="needs the mujoco extra (pip install 'distmeta[mujoco]')")
 MUJOCO_IDS = [pytest.param(env_id, marks=needs_mujoco) for env_id in E.MUJOCO_ENV_IDS]
 # HalfCheetah-Dir / Ant-Dir: two tasks (+1/-1), so no held-out task can be disjoint from 50 train tasks
 CONTINUOUS_IDS = E.CORE_ENV_IDS + MUJOCO_IDS[:1]
