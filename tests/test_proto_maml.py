@@ -120,38 +120,3 @@ def test_reptile_inner_loop_on_support_and_queries_trains_on_both_sets():
     support_only, _ = Reptile(ReptileConfig(**cfg), "classification").task_gradient(net, params, {}, task)
     assert float((support_only["backbone.net.0.weight"] - direction["backbone.net.0.weight"]).abs().max()) > 1e-6
 
-
-def test_reptile_through_prototypes_adds_the_heads_displacement_pulled_back_through_the_prototypes():
-    """through_prototypes: direction = theta - phi + J_{W_0}(theta)^T (W_0 - W_K), the gradient of
-    1/2 ||(theta, W_0(theta)) - phi||^2 with phi fixed (checked with autograd); same phi as without it."""
-    cfg = dict(name="reptile", head_init="prototypes", inner_steps=2, inner_lr=0.01, inner_optimizer="adam",
-               inner_data="support_and_queries")
-    plain = Reptile(ReptileConfig(**cfg), "classification")
-    through = Reptile(ReptileConfig(**cfg, through_prototypes=True), "classification")
-    net = conv4_net(plain, ways=3)
-    params = {n: p.detach() for n, p in net.named_parameters()}
-    task = tasks_f64(1)[0]
-    dropped, m1 = plain.task_gradient(net, params, {}, task)
-    direction, m2 = through.task_gradient(net, params, {}, task)
-    torch.testing.assert_close(m1["loss"], m2["loss"])   # the same inner loop
-    start = plain.initial_params(net, params, {}, task["support_x"], task["support_y"], 3)
-    phi = plain._train(net, start, {}, task["support_x"], task["support_y"], 2, (task["query_x"], task["query_y"]))
-    head_phi = {n: phi.pop(n) for n in ("head.weight", "head.bias")}
-    with torch.enable_grad():
-        leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
-        w0 = plain.initial_params(net, leaves, {}, task["support_x"], task["support_y"], 3)
-        objective = 0.5 * sum(((leaves[n] - phi[n]) ** 2).sum() for n in phi) \
-            + 0.5 * sum(((w0[n] - head_phi[n]) ** 2).sum() for n in head_phi)
-        grads = dict(zip(leaves, torch.autograd.grad(objective, list(leaves.values()), allow_unused=True)))
-    for n in params:
-        if n.startswith("head."):
-            assert float(direction[n].abs().max()) == 0.0   # the trained head itself is still not learned
-        else:
-            torch.testing.assert_close(direction[n], grads[n])
-    extra = direction["backbone.net.0.weight"] - dropped["backbone.net.0.weight"]
-    assert float(extra.abs().max()) > 1e-6   # the head's displacement does reach the backbone
-
-
-def test_reptile_through_prototypes_needs_the_prototype_head():
-    with pytest.raises(ValueError, match="through_prototypes: needs head_init: prototypes"):
-        ReptileConfig(name="reptile", through_prototypes=True)

@@ -8,26 +8,20 @@ with epsilon_t annealed linearly from ``epsilon`` to ``epsilon_final``. In the
 shared protocol each task returns the direction ``theta - phi_i`` and the
 learner applies plain SGD with learning rate epsilon_t, which is exactly the
 update above. With ``head_init: prototypes`` each inner loop starts from the
-prototype head W_0(theta) (``maml.prototype_head``) and only the backbone is
-meta-learned: by default the head's displacement W_0 - W_K is dropped; with
-``through_prototypes`` it is passed back through the prototypes,
-    theta - phi + J_{W_0}(theta)^T (W_0 - W_K),
-the gradient of 1/2 ||(theta, W_0(theta)) - phi||^2 with phi held fixed: Reptile's
-own objective over every tensor the inner loop adapts (the first-order
-Proto-MAML of Triantafillou et al. 2020 likewise lets the gradient reach the
-backbone through the prototypes).
+prototype head (``maml.prototype_head``) and only the backbone is meta-learned:
+the head's own displacement is dropped.
 """
 from __future__ import annotations
 
 from typing import Literal, Optional
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from distmeta.algorithms.base import Tensors, forward, score_metrics, task_loss
-from distmeta.algorithms.maml import InnerLoopAlgorithm, InnerLoopConfig, prototype_head, training_ways
+from distmeta.algorithms.maml import InnerLoopAlgorithm, InnerLoopConfig, training_ways
 from distmeta.registry import ALGORITHMS
-from distmeta.schema import Bool, Float
+from distmeta.schema import Float
 
 
 class ReptileConfig(InnerLoopConfig):
@@ -38,16 +32,6 @@ class ReptileConfig(InnerLoopConfig):
         "support", description="what a training task's inner loop trains on: its support set, or its support "
                                "and query sets (each its own forward pass, so batch statistics stay per set; "
                                "the reported training loss and accuracy are then on trained-on queries)")
-    through_prototypes: Bool = Field(
-        False, description="head_init: prototypes only: pass the head's displacement W_0 - W_K back to the "
-                           "backbone through the prototypes W_0(theta) (J^T (W_0 - W_K) added to theta - phi) "
-                           "instead of dropping it")
-
-    @model_validator(mode="after")
-    def _through_prototypes(self):
-        if self.through_prototypes and self.head_init != "prototypes":
-            raise ValueError("through_prototypes: needs head_init: prototypes")
-        return self
 
 
 def inner_train(model, params: Tensors, buffers: Tensors, x, y, *, kind: str, steps: int, lr: float,
@@ -90,27 +74,15 @@ class Reptile(InnerLoopAlgorithm):
         sx, sy = task["support_x"], task["support_y"]
         ways = training_ways(params)
         rebuilt = self.cfg.head_init == "prototypes" and self.kind == "classification" and ways is not None
-        pullback = None
-        if rebuilt and self.cfg.through_prototypes:
-            head, pullback = torch.func.vjp(
-                lambda p: {n: t for n, t in prototype_head(model, p, buffers, sx, sy, ways).items()
-                           if n.startswith("head.")}, params)
-            start = {**params, **{n: t.detach() for n, t in head.items()}}
-        else:
-            with torch.no_grad():
-                start = self.initial_params(model, params, buffers, sx, sy, ways)
+        with torch.no_grad():
+            start = self.initial_params(model, params, buffers, sx, sy, ways)
         queries = (task["query_x"], task["query_y"]) if self.cfg.inner_data == "support_and_queries" else None
         phi = self._train(model, start, buffers, sx, sy, self.cfg.inner_steps, queries)
         with torch.no_grad():
             metrics = score_metrics(self.kind, forward(model, phi, buffers, task["query_x"]), task["query_y"])
-        # a head rebuilt from prototypes for every task is not meta-learned: its own tensor gets no
-        # update; its displacement reaches the backbone only through_prototypes
-        direction = {n: torch.zeros_like(p) if rebuilt and n.startswith("head.") else p.detach() - phi[n]
-                     for n, p in params.items()}
-        if pullback is not None:
-            through, = pullback({n: start[n] - phi[n] for n in ("head.weight", "head.bias")})
-            direction = {n: d + through[n].detach() for n, d in direction.items()}
-        return direction, metrics
+        # a head rebuilt from prototypes for every task is not meta-learned: it gets no update
+        return {n: torch.zeros_like(p) if rebuilt and n.startswith("head.") else p.detach() - phi[n]
+                for n, p in params.items()}, metrics
 
     def adapt(self, model, params, buffers, support_x, support_y, steps: Optional[int] = None):
         steps = steps if steps is not None else self.eval_inner_steps()
