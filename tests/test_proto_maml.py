@@ -119,4 +119,3 @@ def test_reptile_inner_loop_on_support_and_queries_trains_on_both_sets():
         torch.testing.assert_close(direction[n], 0.05 * grads[n])
     support_only, _ = Reptile(ReptileConfig(**cfg), "classification").task_gradient(net, params, {}, task)
     assert float((support_only["backbone.net.0.weight"] - direction["backbone.net.0.weight"]).abs().max()) > 1e-6
-

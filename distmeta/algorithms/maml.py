@@ -90,6 +90,11 @@ class InnerLoopAlgorithm(Algorithm):
     def eval_inner_steps(self) -> int:
         return self.cfg.eval_inner_steps if self.cfg.eval_inner_steps is not None else self.cfg.inner_steps
 
+    def rebuilds_head(self, ways: Optional[int]) -> bool:
+        """Whether an inner loop for ``ways`` classes starts from a prototype head (see
+        :func:`inner_loop_start`), so the trained head tensors are not used."""
+        return prototype_head_used(self.kind, self.cfg.head_init, ways)
+
     def initial_params(self, model, params, buffers, support_x, support_y, ways: Optional[int]) -> Tensors:
         return inner_loop_start(model, params, buffers, support_x, support_y, kind=self.kind,
                                 head_init=self.cfg.head_init, ways=ways)
@@ -192,11 +197,16 @@ def inner_loop_start(model, params: Tensors, buffers: Tensors, support_x, suppor
     """theta with the head an inner loop starts from, for ``ways`` classes: the
     prototype head (``head_init: prototypes``), else the trained head, resized
     (:func:`resize_head`) when it has a different number of rows."""
+    if prototype_head_used(kind, head_init, ways):
+        return prototype_head(model, params, buffers, support_x, support_y, ways)
     if kind != "classification" or ways is None:
         return params
-    if head_init == "prototypes":
-        return prototype_head(model, params, buffers, support_x, support_y, ways)
     return resize_head(params, ways)
+
+
+def prototype_head_used(kind: str, head_init: str, ways: Optional[int]) -> bool:
+    """Whether :func:`inner_loop_start` builds the head from the support set."""
+    return kind == "classification" and ways is not None and head_init == "prototypes"
 
 
 def resize_head(params: Tensors, ways: int) -> Tensors:

@@ -73,7 +73,7 @@ class Reptile(InnerLoopAlgorithm):
     def task_gradient(self, model, params, buffers, task):
         sx, sy = task["support_x"], task["support_y"]
         ways = training_ways(params)
-        rebuilt = self.cfg.head_init == "prototypes" and self.kind == "classification" and ways is not None
+        rebuilt = self.rebuilds_head(ways)
         with torch.no_grad():
             start = self.initial_params(model, params, buffers, sx, sy, ways)
         queries = (task["query_x"], task["query_y"]) if self.cfg.inner_data == "support_and_queries" else None
