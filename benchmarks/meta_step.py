@@ -14,6 +14,9 @@ distmeta (``distmeta.engine.core.meta_batch_gradient``):
 - ``old_loop``: the loop executor as it was before (``func`` with the layers' composite
              form, ``distmeta.models.layers.composite_ops``, and conv4's ReLU before its
              max-pool): the same function of the parameters, the old cost
+- ``loop_stock``: ``loop`` on the same network built from torch's stock layers
+             (``nn.Conv2d``, ``nn.MaxPool2d``, ReLU then pool) instead of
+             ``distmeta.models.layers``' CPU paths: what those layers buy
 baselines, on the same network and episodes:
 - ``l2l``:   a learn2learn-style loop written here: per task, clone the ``nn.Module``
              (parameters as differentiable copies), adapt it with
@@ -23,6 +26,8 @@ baselines, on the same network and episodes:
              user batches it: ONE forward and backward pass of all the meta-batch's images
              (every task's support and query set, concatenated) through the same network,
              with the usual loss (cross-entropy / MSE) and ``backward()``
+- ``plain_batch_stock``: ``plain_batch`` on torch's stock layers (as for ``loop_stock``):
+             the network as a user writes it in torch
 - ``plain``: plain training on exactly the batches a meta-step pushes through the
              network, task by task: per task, ``inner_steps`` forward+backward passes over
              the support set and one over the query set
@@ -80,8 +85,8 @@ from distmeta.models.backbones import MLP, Conv4  # noqa: E402
 from distmeta.models.layers import composite_ops  # noqa: E402
 from distmeta.models.network import Network  # noqa: E402
 
-DISTMETA = ("loop", "vmap", "func", "old_loop")
-BASELINES = ("l2l", "plain_batch", "plain", "plain_sq")
+DISTMETA = ("loop", "vmap", "func", "old_loop", "loop_stock")
+BASELINES = ("l2l", "plain_batch", "plain_batch_stock", "plain", "plain_sq")
 EXECUTORS = DISTMETA + BASELINES
 
 
@@ -213,6 +218,24 @@ def old_network(model):
     return old
 
 
+def stock_network(model):
+    """The same network (parameters, names, function) from torch's stock layers: each
+    ``layers.Conv2d`` an ``nn.Conv2d``, each ``layers.MaxPool2d`` an ``nn.MaxPool2d`` after its
+    ReLU. The batch norm stays ``TaskBatchNorm2d`` (torch's fused kernel, as in ``nn.BatchNorm2d``)."""
+    stock = old_network(model)
+    for module in list(stock.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Conv2d) and type(child) is not torch.nn.Conv2d:
+                plain = torch.nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                        child.padding, child.dilation, child.groups, child.bias is not None,
+                                        child.padding_mode).to(child.weight)
+                plain.load_state_dict(child.state_dict())
+                setattr(module, name, plain)
+            elif isinstance(child, torch.nn.MaxPool2d) and type(child) is not torch.nn.MaxPool2d:
+                setattr(module, name, torch.nn.MaxPool2d(child.kernel_size, child.stride, child.padding))
+    return stock
+
+
 def old_loop(algo, model, params, buffers, tasks):
     with composite_ops():
         return func_loop(algo, model, params, buffers, tasks)
@@ -252,6 +275,7 @@ def bench_setting(label, model, tasks, kind, inner_steps, inner_lr, second_order
     buffers = dict(model.named_buffers())
     auto = resolve_executor("auto", device, algo, model)
     old = old_network(model) if "old_loop" in executors else None
+    stock = stock_network(model) if {"loop_stock", "plain_batch_stock"} & set(executors) else None
     x_all = torch.cat([t[k] for t in tasks for k in ("support_x", "query_x")])
     y_all = torch.cat([t[k] for t in tasks for k in ("support_y", "query_y")])
     fns = {
@@ -259,17 +283,19 @@ def bench_setting(label, model, tasks, kind, inner_steps, inner_lr, second_order
         "vmap": lambda: meta_batch_gradient(algo, model, params, buffers, tasks, "vmap"),
         "func": lambda: func_loop(algo, model, params, buffers, tasks),
         "old_loop": lambda: old_loop(algo, old, params, buffers, tasks),
+        "loop_stock": lambda: meta_batch_gradient(algo, stock, params, buffers, tasks, "loop"),
         "l2l": lambda: l2l_meta_step(model, tasks, kind, inner_steps, inner_lr, second_order),
         "plain_batch": lambda: plain_batch_step(model, x_all, y_all, kind),
+        "plain_batch_stock": lambda: plain_batch_step(stock, x_all, y_all, kind),
         "plain": lambda: plain_step(model, tasks, kind, inner_steps),
         "plain_sq": lambda: plain_sq_step(model, tasks, kind, inner_steps),
     }
     # every meta-gradient row computes the loop executor's meta-gradient (relative error, float32)
     checks: Dict[str, float] = {}
-    if any(name in executors for name in ("func", "old_loop", "vmap", "l2l")):
+    if any(name in executors for name in ("func", "old_loop", "vmap", "l2l", "loop_stock")):
         ref, _ = meta_batch_gradient(algo, model, params, buffers, tasks, "loop")
     for name in executors:
-        if name in ("func", "old_loop", "vmap"):
+        if name in ("func", "old_loop", "vmap", "loop_stock"):
             try:
                 checks[name] = rel_err(fns[name]()[0], ref)
             except (RuntimeError, torch.OutOfMemoryError):
@@ -429,7 +455,7 @@ def main(argv=None) -> int:
           f"{args.sinusoid_meta_batch}")
     print(f"load average (1, 5, 15 min) at start {fmt(meta['loadavg_start'])}, at end {fmt(meta['loadavg_end'])}; "
           f"ratios from {clock}; * = the executor auto picks")
-    print(f"{'model':<9}{'inner':>5} {'order':<7}{'executor':<13}{'s/step':>10}{'user s':>10}{'sys s':>8}{'tasks/s':>9}"
+    print(f"{'model':<9}{'inner':>5} {'order':<7}{'executor':<19}{'s/step':>10}{'user s':>10}{'sys s':>8}{'tasks/s':>9}"
           f"{'x l2l':>8}{'x batch':>9}{'x plain':>9}{'load1':>7}{'GPU MB':>8}")
     for r in rows:
         name = r["executor"] + ("*" if r["auto"] else "")
@@ -437,7 +463,7 @@ def main(argv=None) -> int:
         user_s = "" if r["error"] else f"{r['user_ms_per_step'] / 1e3:.4g}"
         sys_s = "" if r["error"] else f"{r['sys_ms_per_step'] / 1e3:.2f}"
         mem = "" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
-        print(f"{r['setting']:<9}{r['inner_steps']:>5} {r['order']:<7}{name:<13}{wall_s:>10}{user_s:>10}{sys_s:>8}"
+        print(f"{r['setting']:<9}{r['inner_steps']:>5} {r['order']:<7}{name:<19}{wall_s:>10}{user_s:>10}{sys_s:>8}"
               f"{r['tasks_per_s']:>9.2f}{r['x_l2l']:>8.2f}{r['x_plain_batch']:>9.2f}{r['x_plain']:>9.2f}"
               f"{r['load1']:>7.2f}{mem:>8}")
     errs = {r["executor"]: r["grad_rel_err_vs_loop"] for r in rows if r.get("grad_rel_err_vs_loop") is not None}

@@ -1,7 +1,8 @@
 """The CPU fast paths of the meta-gradient against the reference computations.
 
 The loop executor computes each task's gradient with ``MAML.eager_task_gradient``
-(plain autograd), through conv4's fused batch norm and ``layers.MaxPool2d``; the
+(plain autograd), through conv4's fused batch norm, ``layers.MaxPool2d`` and
+``layers.Conv2d`` (the native kernels for a 1-channel constant input); the
 vmap executor computes ``MAML.task_gradient`` (nested ``torch.func.grad``) with the
 layers in their composite form. Both must be the same function: here in float64,
 second order, 1 and 5 inner steps, MAML, Meta-SGD, ANIL, FOMAML and Proto-MAML.
@@ -18,7 +19,7 @@ from torch import nn
 from distmeta.algorithms.maml import MAML, MAMLConfig
 from distmeta.engine.core import meta_batch_gradient
 from distmeta.models.backbones import Conv4
-from distmeta.models.layers import MaxPool2d, TaskBatchNorm2d, composite_ops
+from distmeta.models.layers import Conv2d, MaxPool2d, TaskBatchNorm2d, composite_ops
 from distmeta.models.network import Network
 
 
@@ -138,6 +139,54 @@ def test_max_pool_equals_nn_max_pool_bit_for_bit(size):
     assert torch.equal(g, torch.autograd.grad(F.max_pool2d(x0, 2).pow(2).sum(), x0)[0])
     with composite_ops():
         assert torch.equal(MaxPool2d(2)(x0), F.max_pool2d(x0, 2))
+
+
+def third_order_gradient(conv, params):
+    """d/dp of sum(sin(d/dW of sum((d/dW of sum(y^3))^2))), p = (W[, b]): three nested derivatives."""
+    g = torch.autograd.grad(conv(*params).pow(3).sum(), params[0], create_graph=True)[0]
+    h = torch.autograd.grad(g.pow(2).sum(), params[0], create_graph=True)[0]
+    return torch.autograd.grad(h.sin().sum(), params)
+
+
+@pytest.mark.parametrize("stride,padding,bias", [(1, 1, False), (2, 0, True)])
+def test_single_channel_conv_takes_the_native_path_and_equals_conv2d_to_third_order(stride, padding, bias):
+    """``layers.Conv2d`` on a 1-channel input that needs no gradient runs torch's native
+    kernels through its own autograd functions (pinned here: they rest on internal aten ops);
+    values and derivatives of every order equal ``F.conv2d``'s."""
+    torch.manual_seed(4)
+    conv = Conv2d(1, 4, 3, stride=stride, padding=padding, bias=bias).double()
+    x = torch.rand(3, 1, 9, 9, dtype=torch.float64)
+    assert type(conv(x).grad_fn).__name__ == "_ConstantInputConv2dBackward"
+    names = ["weight", "bias"] if bias else ["weight"]
+    params = [getattr(conv, n).detach().clone().requires_grad_() for n in names]
+
+    def native(*p):
+        return torch.func.functional_call(conv, dict(zip(names, p)), (x,))
+
+    def reference(*p):
+        return F.conv2d(x, p[0], p[1] if bias else None, stride=stride, padding=padding)
+
+    torch.testing.assert_close(native(*params), reference(*params), rtol=1e-14, atol=1e-14)
+    for got, want in zip(third_order_gradient(native, params), third_order_gradient(reference, params)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradgradcheck(native, params)
+    # float32, the training dtype: the forward values of oneDNN's F.conv2d
+    x32 = torch.rand(75, 1, 28, 28)
+    conv32 = Conv2d(1, 64, 3, padding=1, bias=False)
+    torch.testing.assert_close(conv32(x32), F.conv2d(x32, conv32.weight, padding=1), rtol=1e-6, atol=1e-6)
+
+
+def test_conv2d_falls_back_to_nn_conv2d_off_its_path():
+    """More input channels, an input that needs a gradient, vmap: plain ``nn.Conv2d``."""
+    torch.manual_seed(5)
+    grey = Conv2d(1, 2, 3, padding=1).double()
+    x = torch.rand(2, 1, 6, 6, dtype=torch.float64, requires_grad=True)
+    assert type(grey(x).grad_fn).__name__ == "ConvolutionBackward0"
+    rgb = Conv2d(3, 2, 3, padding=1).double()
+    assert type(rgb(torch.rand(2, 3, 6, 6, dtype=torch.float64)).grad_fn).__name__ == "ConvolutionBackward0"
+    xs = torch.rand(4, 2, 1, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(torch.func.vmap(grey)(xs), torch.stack([nn.Conv2d.forward(grey, t) for t in xs]),
+                               rtol=0, atol=0)
 
 
 def test_conv4_pools_before_relu_without_changing_the_function():
