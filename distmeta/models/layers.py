@@ -122,15 +122,15 @@ class _ConvWeightGradient(torch.autograd.Function):
     """dL/dW = x (*) g for a constant x: linear in g, whose adjoint is the convolution."""
 
     @staticmethod
-    def forward(ctx, x, grad, weight, stride, padding):
-        ctx.save_for_backward(x, weight)
+    def forward(ctx, x, grad, weight, stride, padding):  # weight: its shape only
+        ctx.save_for_backward(x)
         ctx.geometry = (stride, padding)
         return torch.ops.aten._slow_conv2d_backward(grad, x, weight, list(weight.shape[2:]), stride, padding,
                                                     [False, True, False])[1]
 
     @staticmethod
     def backward(ctx, grad_grad_weight):
-        x, weight = ctx.saved_tensors
+        x, = ctx.saved_tensors
         return None, _ConstantInputConv2d.apply(x, grad_grad_weight, None, *ctx.geometry), None, None, None
 
 
