@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import socket
@@ -49,6 +50,24 @@ def final_params(result):
     return load_checkpoint(result.path)["state"]["model"]
 
 
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    """``in_process(cfg)``: the final parameters of ``cfg`` trained in-process (no Ray), once
+    per module for each config that differs in more than the Ray-only engine fields: the
+    fault-free result every Ray run of ``cfg`` must give, whatever failed on the way."""
+    cache = {}
+
+    def params(cfg):
+        data = cfg.to_dict()
+        data["engine"] = {"workers": 0, "dtype": data["engine"]["dtype"], "device": data["engine"]["device"]}
+        key = json.dumps(data, sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = final_params(train(from_dict(data), out=tmp_path_factory.mktemp("in-process"),
+                                            progress=False))
+        return cache[key]
+    return params
+
+
 def assert_same_params(a, b, rtol):
     """Relative difference of the whole parameter vector, ||a - b|| / ||a|| <= rtol
     (element-wise checks would flag conv biases before batch norm, whose gradient
@@ -92,8 +111,8 @@ def test_shards_are_contiguous_and_cover_the_meta_batch():
     {"name": "maml", "inner_steps": 1, "inner_lr": 0.4, "executor": "loop"},
     {"name": "protonet"},
 ], ids=["maml-second-order", "protonet"])
-def test_same_parameters_with_0_1_2_3_workers(ray_session, omniglot_dir, tmp_path, algorithm):
-    reference = final_params(train(omniglot_config(omniglot_dir, algorithm), out=tmp_path / "w0", progress=False))
+def test_same_parameters_with_0_1_2_3_workers(ray_session, in_process, omniglot_dir, tmp_path, algorithm):
+    reference = in_process(omniglot_config(omniglot_dir, algorithm))
     assert_moved(reference, omniglot_config(omniglot_dir, algorithm), at_least=MOVED_OMNIGLOT)
     for workers in (1, 2, 3):
         result = train(omniglot_config(omniglot_dir, algorithm, workers), out=tmp_path / f"w{workers}", progress=False)
@@ -163,12 +182,12 @@ def test_large_parameters_go_to_the_object_store_once(ray_session, omniglot_dir,
 
 
 @pytest.mark.parametrize("mode", ["sigkill", "ray_kill", "hang"])
-def test_worker_lost_mid_shard_gives_the_fault_free_result(ray_session, omniglot_dir, tmp_path, mode, caplog):
+def test_worker_lost_mid_shard_gives_the_fault_free_result(ray_session, in_process, omniglot_dir, tmp_path, mode,
+                                                          caplog):
     """Large parameters, so the actor-call path (not a compiled graph) sees the failure."""
     alg = {"name": "protonet"}
-    timeout = {"shard_timeout_s": 25} if mode == "hang" else {}   # room for a loaded machine's healthy shards
-    clean = final_params(train(omniglot_config(omniglot_dir, alg, 2, channels=24, **timeout),
-                               out=tmp_path / "clean", progress=False))
+    timeout = {"shard_timeout_s": 10} if mode == "hang" else {}   # a healthy shard takes well under 1 s
+    clean = in_process(omniglot_config(omniglot_dir, alg, 2, channels=24))
     engines = []
     # worker 1 fails after 1 of its tasks in meta-step 2
     t0 = time.monotonic()
@@ -181,10 +200,10 @@ def test_worker_lost_mid_shard_gives_the_fault_free_result(ray_session, omniglot
     rows = (result.path / "metrics.csv").read_text().strip().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5]
     assert_same_params(clean, final_params(result), rtol=1e-9)
-    expected = "did not return shard (4, 7) of step 2 within 25s" if mode == "hang" else "died during shard (4, 7) of step 2"
+    expected = "did not return shard (4, 7) of step 2 within 10s" if mode == "hang" else "died during shard (4, 7) of step 2"
     assert expected in caplog.text
-    if mode == "hang":   # the shard timeout tripped: the run waited about 25 s, not forever
-        assert 25 <= time.monotonic() - t0 < 200
+    if mode == "hang":   # the shard timeout tripped: the run waited about 10 s, not forever
+        assert 10 <= time.monotonic() - t0 < 200
 
 
 def sinusoid_config(workers=0, **engine):
@@ -216,9 +235,9 @@ def test_compiled_graph_path_matches_in_process(ray_session, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["sigkill", "ray_kill", "hang"])
-def test_compiled_graph_path_survives_a_lost_worker(ray_session, tmp_path, mode):
+def test_compiled_graph_path_survives_a_lost_worker(ray_session, in_process, tmp_path, mode):
     timeout = {"shard_timeout_s": 10} if mode == "hang" else {}
-    clean = final_params(train(sinusoid_config(2, **timeout), out=tmp_path / "clean", progress=False))
+    clean = in_process(sinusoid_config(2))
     engines = []
     # worker 1 fails as its shard of meta-step 2 starts (one vmapped call), inside its compiled graph
     result = train(sinusoid_config(2, **timeout), out=tmp_path / "faulty", progress=False,
@@ -426,12 +445,13 @@ def test_driver_killed_mid_run_resumes_to_the_same_parameters(omniglot_dir, tmp_
     assert_same_params(final_params(ref), load_checkpoint(run)["state"]["model"], rtol=1e-9)
 
 
-def test_collective_allreduce_path_matches_and_survives_a_lost_worker(ray_session, omniglot_dir, tmp_path):
+def test_collective_allreduce_path_matches_and_survives_a_lost_worker(ray_session, in_process, omniglot_dir,
+                                                                     tmp_path):
     """Above engine.allreduce_threshold_mb the workers sum gradients with a gloo
     allreduce; a member killed or hung mid-step falls back to learner aggregation
     with the same result."""
     alg = {"name": "protonet"}
-    reference = final_params(train(omniglot_config(omniglot_dir, alg, 0), out=tmp_path / "ref", progress=False))
+    reference = in_process(omniglot_config(omniglot_dir, alg, 0))
     engines = []
     cfg = omniglot_config(omniglot_dir, alg, 2, allreduce_threshold_mb=1e-6)
     result = train(cfg, out=tmp_path / "allreduce", progress=False, engine_factory=recording_factory(engines))
@@ -495,3 +515,23 @@ class _Identity(torch.nn.Module):
 
     def forward(self, x):
         return x
+
+
+def test_a_worker_is_built_warm_and_its_warm_up_leaves_no_trace(omniglot_dir):
+    """The constructor's discarded warm-up gradient changes nothing a shard computes (a
+    fresh core gives the same shard bit for bit), and the compiled graphs' warm-up round
+    (``WARMUP_STEP``) computes nothing."""
+    import numpy as np
+
+    from distmeta.engine.ray_worker import WARMUP_STEP, TaskWorker
+
+    cfg = omniglot_config(omniglot_dir, {"name": "maml", "inner_steps": 1, "inner_lr": 0.4, "executor": "loop"})
+    worker = TaskWorker(cfg.to_dict(), None, 1)
+    fresh = MetaCore(cfg)
+    flat = fresh.initial_flat_params().numpy()
+    grad, metrics, count, _ = worker.compute(flat, 0, 0, 3)
+    ref_grad, ref_metrics, ref_count = fresh.shard_gradient(torch.from_numpy(flat), 0, range(0, 3))
+    assert count == ref_count == 3 and metrics == ref_metrics
+    assert np.array_equal(grad, ref_grad.numpy()) and np.abs(grad).sum() > 0
+    empty, metrics, count, seconds = worker.compute(flat, WARMUP_STEP, 0, 3)
+    assert empty.size == 0 and (metrics, count, seconds) == ({}, 0, 0.0)

@@ -5,10 +5,15 @@ Contract: ``compute(flat_params, step, start, stop)`` returns the shard
 ``(flat float64 gradient sum as numpy, summed metrics, task count, compute seconds)``
 of the tasks ``start..stop-1`` of meta-step ``step`` (``MetaCore.shard_gradient``),
 a pure function of (config, parameters, step, shard): a re-run shard gives the same
-result. ``compute_allreduce`` computes the same shard, then sums the gradients of all
-workers of a collective group; only rank 0 returns the sum. ``ready()`` says where the
-worker runs. Workers hold no state the learner needs: any of them can be killed and
-replaced between or during steps.
+result; at ``step`` ``WARMUP_STEP`` it computes nothing and returns at once (a compiled
+graph's first round, which carries Ray's setup of the graph). ``compute_allreduce``
+computes the same shard, then sums the gradients of all workers of a collective group;
+only rank 0 returns the sum. ``ready()`` says where the worker runs. A worker is built
+warm: its constructor computes one discarded task gradient, so torch's first-call setup
+(about 1 s for conv4) is paid before the worker takes shards, and a replacement's first
+shard is as fast as any other (the shard timeout measures work, not start-up). Workers
+hold no state the learner needs: any of them can be killed and replaced between or
+during steps.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ import numpy as np
 import torch
 
 from distmeta.engine.prefetch import TaskPrefetcher
+
+WARMUP_STEP = -1   # compute() at this step computes nothing (module docstring)
 
 
 class CollectiveError(RuntimeError):
@@ -46,6 +53,7 @@ class TaskWorker:
         restore_registrations(registrations or {})  # the user's own datasets, tasks, models, algorithms
         self.core = MetaCore(from_dict(config), datasets=datasets)
         self.prefetcher = TaskPrefetcher(lambda step, indices: self.core.make_tasks("train", step, indices))
+        self.core.shard_gradient(self.core.initial_flat_params(), 0, range(1))   # warm-up, discarded
 
     def ready(self) -> Dict[str, Any]:
         import ray
@@ -65,6 +73,8 @@ class TaskWorker:
         return grad, metrics, count
 
     def compute(self, flat_params: np.ndarray, step: int, start: int, stop: int):
+        if step == WARMUP_STEP:
+            return np.zeros(0), {}, 0, 0.0
         t0 = time.perf_counter()
         grad, metrics, count = self._shard(flat_params, step, start, stop)
         return grad.numpy(), metrics, count, time.perf_counter() - t0

@@ -17,7 +17,10 @@ replaced); ``close()`` releases everything. Retrying is not a transport's job
   whose shared-memory channels cost about a third of an actor call. One graph per
   worker, so a failure names its worker; any failure tears the graphs down and the
   step's missing shards go through ordinary actor calls; the graphs are rebuilt at
-  the next step.
+  the next step. A new graph's first round carries Ray's setup of it (2 s on an idle
+  2-core machine, a minute on one loaded 3x over), so each new graph first runs an
+  empty round (``WARMUP_STEP``) within ``setup_timeout_s``: the shard timeout then
+  measures only work, and a slow setup is never taken for a hung worker.
 - ``Allreduce``: the workers sum their shard gradients with a collective allreduce
   (gloo, or nccl on GPUs) and only rank 0 returns the sum. A failed member blocks the
   whole group: every shard fails, every worker is replaced, and the transport stays
@@ -35,7 +38,7 @@ from typing import Any, Dict, Sequence
 import numpy as np
 import torch
 
-from distmeta.engine.ray_worker import CollectiveError
+from distmeta.engine.ray_worker import WARMUP_STEP, CollectiveError
 from distmeta.engine.shards import Failure, Round, Shard, ShardResult
 
 log = logging.getLogger("distmeta.engine")
@@ -122,16 +125,18 @@ class ActorCalls(Transport):
 
 
 class CompiledGraphs(Transport):
-    """One compiled graph per live worker, rebuilt when the workers or shards change."""
+    """One compiled graph per live worker, rebuilt when the workers or shards change;
+    ``setup_timeout_s`` bounds a new graph's empty first round."""
     name = "compiled graphs"
 
-    def __init__(self, timeout_s: float):
+    def __init__(self, timeout_s: float, setup_timeout_s: float):
         super().__init__(timeout_s)
+        self.setup_timeout_s = setup_timeout_s
         self._graphs: Dict[int, tuple] = {}   # slot -> (shard, compiled graph)
         self._key = None
         self.steps = 0                         # rounds that finished without a failure
 
-    def _build(self, workers: Workers, shards: Sequence[Shard]) -> Dict[int, tuple]:
+    def _build(self, workers: Workers, params: Params, shards: Sequence[Shard]) -> Dict[int, tuple]:
         from ray.dag import InputNode
 
         slots = sorted(workers)
@@ -143,12 +148,16 @@ class CompiledGraphs(Transport):
                     node = workers[s].compute.bind(inp[0], inp[1], *shard)
                 self._graphs[s] = (shard, node.experimental_compile())
             self._key = key
+            warmups = [graph.execute(params.array, WARMUP_STEP) for _, graph in self._graphs.values()]
+            deadline = time.monotonic() + self.setup_timeout_s
+            for ref in warmups:   # a timeout raises: the step falls back to actor calls
+                ref.get(timeout=max(0.0, deadline - time.monotonic()))
         return self._graphs
 
     def run(self, workers: Workers, params: Params, step: int, shards: Sequence[Shard]) -> Round:
         try:
             refs = {slot: (shard, graph.execute(params.array, step))
-                    for slot, (shard, graph) in self._build(workers, shards).items()}
+                    for slot, (shard, graph) in self._build(workers, params, shards).items()}
         except Exception as exc:  # a worker died between steps, or compiled graphs are unavailable here
             log.warning("distmeta: compiled graphs unusable at step %d (%s: %s); using actor calls",
                         step, type(exc).__name__, _first_line(exc))
