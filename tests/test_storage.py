@@ -173,6 +173,16 @@ def test_tune_search_writes_to_the_bucket_and_resumes_there(s3, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert snapshot_names_a_checkpoint(), "the search never checkpointed to the bucket"
+
+    def last_snapshot():
+        names = sorted(n for n in remote.list("") if n.startswith("experiment_state"))
+        return [(json.loads(a), json.loads(b)) for a, b in json.loads(remote.read_bytes(names[-1]))["trial_data"]]
+
+    # every checkpoint the last snapshot names is still there: no rotation can outrun the snapshot
+    for trial, state in last_snapshot():
+        named = state.get("last_result", {}).get("checkpoint_dir_name")
+        if isinstance(named, str):
+            assert remote.exists(f"{trial['relative_logdir']}/{named}"), named
     resumed = subprocess.run([sys.executable, "-m", "distmeta.cli", "tune", "--resume", uri],
                              capture_output=True, text=True, env=env, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
@@ -180,6 +190,10 @@ def test_tune_search_writes_to_the_bucket_and_resumes_there(s3, tmp_path):
     assert len(summary["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in summary["trials"])
     best = summary["best"]["path"]
     assert best.startswith(uri) and load_checkpoint(best)["step"] == 300
+    reports = [[json.loads(line) for line in remote.read_bytes(f"{trial['relative_logdir']}/result.json").splitlines()
+                if line.strip()] for trial, _ in last_snapshot()]
+    assert all(max(r["step"] for r in rows) == 300 for rows in reports)
+    assert any(r["restored_step"] > 0 for rows in reports for r in rows)   # continued, not restarted
 
 
 def test_resume_from_a_bucket_downloads_the_run_once(s3, monkeypatch):

@@ -104,7 +104,10 @@ def test_pbt_exploit_restores_step_and_optimizer_state(ray_session, tmp_path):
         assert df["step"].is_monotonic_increasing or (df["restored_step"] > 0).any()
 
 
+@pytest.mark.slow
 def test_interrupted_search_resumes(tmp_path):
+    """The local-disk twin of test_storage.py's bucket search test, which CI runs: the same
+    kill, resume and assertions, with --out on local disk."""
     data = config({"space": {"optim.lr": {"grid": [0.001, 0.002]}}, "metric": "mse", "mode": "min",
                    "max_concurrent": 1}, optim={"steps": 600}, eval={"every": 20, "episodes": 4, "final_episodes": 4})
     cfg = write(tmp_path, data)
