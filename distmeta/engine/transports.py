@@ -17,10 +17,10 @@ replaced); ``close()`` releases everything. Retrying is not a transport's job
   whose shared-memory channels cost about a third of an actor call. One graph per
   worker, so a failure names its worker; any failure tears the graphs down and the
   step's missing shards go through ordinary actor calls; the graphs are rebuilt at
-  the next step. A new graph's first round carries Ray's setup of it (2 s on an idle
-  2-core machine, a minute on one loaded 3x over), so each new graph first runs an
-  empty round (``WARMUP_STEP``) within ``setup_timeout_s``: the shard timeout then
-  measures only work, and a slow setup is never taken for a hung worker.
+  the next step. A new graph's first round carries Ray's setup of it (sinusoid: 0.5 s
+  on an idle 2-core machine, 4.5 s on one loaded 2.5x over), so each new graph first
+  runs an empty round (``WARMUP_STEP``) within ``setup_timeout_s``: the shard timeout
+  then measures only work, and a slow setup is never taken for a hung worker.
 - ``Allreduce``: the workers sum their shard gradients with a collective allreduce
   (gloo, or nccl on GPUs) and only rank 0 returns the sum. A failed member blocks the
   whole group: every shard fails, every worker is replaced, and the transport stays
