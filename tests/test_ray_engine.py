@@ -510,6 +510,27 @@ def test_user_registered_components_reach_ray_workers(ray_session, tmp_path):
     assert_same_params(local, remote, rtol=1e-9)
 
 
+class _BrokenTasks(LinearTasks):
+    def sample_many(self, run_seed, split, step, indices):
+        raise ValueError("this task family is broken")
+
+
+def test_an_error_in_user_code_at_warm_up_fails_the_run_as_itself(ray_session, tmp_path):
+    """The workers' warm-up runs the user's code first: its error reaches the driver as the
+    user's exception (not as a failed actor creation), before any step, and is not retried."""
+    from distmeta.registry import TASKS
+
+    TASKS.register("test_broken_tasks", lambda task_cfg, datasets, split: _BrokenTasks(), overwrite=True)
+    data = {"name": "broken", "data": {"dataset": "none"}, "task": {"kind": "test_broken_tasks"},
+            "model": {"name": "mlp", "hidden": [4]}, "algorithm": {"name": "maml", "inner_lr": 0.1},
+            "optim": {"meta_batch": 4, "steps": 2}, "eval": {"every": 1000, "episodes": 2, "final_episodes": 2},
+            "engine": {"dtype": "float64", "workers": 2}}
+    with pytest.raises(ValueError, match="this task family is broken"):
+        train(from_dict(data), out=tmp_path / "broken", progress=False)
+    assert not (tmp_path / "broken" / "metrics.csv").exists() or \
+        len((tmp_path / "broken" / "metrics.csv").read_text().strip().splitlines()) <= 1
+
+
 class _Identity(torch.nn.Module):
     out_features = 1
 
@@ -518,7 +539,7 @@ class _Identity(torch.nn.Module):
 
 
 def test_a_worker_is_built_warm_and_its_warm_up_leaves_no_trace(omniglot_dir):
-    """The constructor's discarded warm-up gradient changes nothing a shard computes (a
+    """The discarded warm-up gradient changes nothing a shard computes (a
     fresh core gives the same shard bit for bit), and the compiled graphs' warm-up round
     (``WARMUP_STEP``) computes nothing."""
     import numpy as np
@@ -527,6 +548,8 @@ def test_a_worker_is_built_warm_and_its_warm_up_leaves_no_trace(omniglot_dir):
 
     cfg = omniglot_config(omniglot_dir, {"name": "maml", "inner_steps": 1, "inner_lr": 0.4, "executor": "loop"})
     worker = TaskWorker(cfg.to_dict(), None, 1)
+    worker.warm_up()                 # what ready() does first
+    assert worker.warm
     fresh = MetaCore(cfg)
     flat = fresh.initial_flat_params().numpy()
     grad, metrics, count, _ = worker.compute(flat, 0, 0, 3)

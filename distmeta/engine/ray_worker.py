@@ -8,10 +8,12 @@ a pure function of (config, parameters, step, shard): a re-run shard gives the s
 result; at ``step`` ``WARMUP_STEP`` it computes nothing and returns at once (a compiled
 graph's first round, which carries Ray's setup of the graph). ``compute_allreduce``
 computes the same shard, then sums the gradients of all workers of a collective group;
-only rank 0 returns the sum. ``ready()`` says where the worker runs. A worker is built
-warm: its constructor computes one discarded task gradient, so torch's first-call setup
-(about 1 s for conv4) is paid before the worker takes shards, and a replacement's first
-shard is as fast as any other (the shard timeout measures work, not start-up). Workers
+only rank 0 returns the sum. ``ready()`` warms the worker up, then says where it runs:
+the pool waits for it before a worker takes shards, and its warm-up (``warm_up``, one
+discarded task gradient) pays torch's first-call setup (about 1 s for conv4) there, so a
+replacement's first shard is as fast as any other (the shard timeout measures work, not
+start-up) and an error in the user's task or model code reaches the driver as itself,
+not as a failed actor creation. Workers
 hold no state the learner needs: any of them can be killed and replaced between or
 during steps.
 """
@@ -53,12 +55,19 @@ class TaskWorker:
         restore_registrations(registrations or {})  # the user's own datasets, tasks, models, algorithms
         self.core = MetaCore(from_dict(config), datasets=datasets)
         self.prefetcher = TaskPrefetcher(lambda step, indices: self.core.make_tasks("train", step, indices))
-        self.core.shard_gradient(self.core.initial_flat_params(), 0, range(1))   # warm-up, discarded
+        self.warm = False
+
+    def warm_up(self) -> None:
+        """One task's gradient at the initial parameters, discarded (module docstring)."""
+        if not self.warm:
+            self.core.shard_gradient(self.core.initial_flat_params(), 0, range(1))
+            self.warm = True
 
     def ready(self) -> Dict[str, Any]:
         import ray
         from ray.util.placement_group import get_current_placement_group
 
+        self.warm_up()
         pg = get_current_placement_group()
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
                 "device": str(self.core.device), "threads": torch.get_num_threads(),
