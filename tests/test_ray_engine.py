@@ -525,8 +525,13 @@ def test_an_error_in_user_code_at_warm_up_fails_the_run_as_itself(ray_session, t
             "model": {"name": "mlp", "hidden": [4]}, "algorithm": {"name": "maml", "inner_lr": 0.1},
             "optim": {"meta_batch": 4, "steps": 2}, "eval": {"every": 1000, "episodes": 2, "final_episodes": 2},
             "engine": {"dtype": "float64", "workers": 2}}
+    free = ray_session.available_resources().get("CPU", 0)
     with pytest.raises(ValueError, match="this task family is broken"):
         train(from_dict(data), out=tmp_path / "broken", progress=False)
+    deadline = time.monotonic() + 30   # the failed pool gave its workers' CPUs back
+    while ray_session.available_resources().get("CPU", 0) < free and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_session.available_resources().get("CPU", 0) == free
     assert not (tmp_path / "broken" / "metrics.csv").exists() or \
         len((tmp_path / "broken" / "metrics.csv").read_text().strip().splitlines()) <= 1
 

@@ -40,7 +40,11 @@ class WorkerPool:
         self.actor_cls = ray.remote(worker_cls)
         self.slots: Dict[int, Any] = {i: self._spawn(i) for i in range(self.e.workers)}  # slot -> live actor
         self._pending: List[Tuple[int, Any, Any]] = []   # (slot, actor, ready ref) replacements being placed
-        self.worker_info = ray.get([a.ready.remote() for a in self.slots.values()])
+        try:
+            self.worker_info = ray.get([a.ready.remote() for a in self.slots.values()])
+        except BaseException:   # e.g. the user's code failed the warm-up: free the group, then fail
+            self.close()
+            raise
         log.info("distmeta: %d workers on %d node(s) (%s)", len(self.worker_info),
                  len({info["node"] for info in self.worker_info}),
                  ", ".join(f"pid {i['pid']} {i['device']}" for i in self.worker_info))
