@@ -156,16 +156,17 @@ def test_tune_search_writes_to_the_bucket_and_resumes_there(s3, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     remote = Remote(uri)
 
-    def snapshot_names_a_checkpoint():  # of a trial still running: the kill lands mid-search
+    def snapshots():  # each experiment-state snapshot in the bucket, by name: its (trial, state) pairs
         for name in [n for n in remote.list("") if n.startswith("experiment_state")]:
             try:
                 trials = json.loads(remote.read_bytes(name))["trial_data"]
-            except ValueError:
+            except ValueError:   # being written
                 continue
-            running = [json.loads(b) for a, b in trials if json.loads(a)["status"] == "RUNNING"]
-            if any("checkpoint_0000" in json.dumps(b) for b in running):
-                return True
-        return False
+            yield [(json.loads(a), json.loads(b)) for a, b in trials]
+
+    def snapshot_names_a_checkpoint():  # of a trial still running: the kill lands mid-search
+        return any(trial["status"] == "RUNNING" and "checkpoint_0000" in json.dumps(state)
+                   for trials in snapshots() for trial, state in trials)
 
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not snapshot_names_a_checkpoint():
@@ -173,13 +174,8 @@ def test_tune_search_writes_to_the_bucket_and_resumes_there(s3, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert snapshot_names_a_checkpoint(), "the search never checkpointed to the bucket"
-
-    def last_snapshot():
-        names = sorted(n for n in remote.list("") if n.startswith("experiment_state"))
-        return [(json.loads(a), json.loads(b)) for a, b in json.loads(remote.read_bytes(names[-1]))["trial_data"]]
-
     # every checkpoint the last snapshot names is still there: no rotation can outrun the snapshot
-    for trial, state in last_snapshot():
+    for trial, state in list(snapshots())[-1]:
         named = state.get("last_result", {}).get("checkpoint_dir_name")
         if isinstance(named, str):
             assert remote.exists(f"{trial['relative_logdir']}/{named}"), named
@@ -191,7 +187,7 @@ def test_tune_search_writes_to_the_bucket_and_resumes_there(s3, tmp_path):
     best = summary["best"]["path"]
     assert best.startswith(uri) and load_checkpoint(best)["step"] == 300
     reports = [[json.loads(line) for line in remote.read_bytes(f"{trial['relative_logdir']}/result.json").splitlines()
-                if line.strip()] for trial, _ in last_snapshot()]
+                if line.strip()] for trial, _ in list(snapshots())[-1]]
     assert all(max(r["step"] for r in rows) == 300 for rows in reports)
     assert any(r["restored_step"] > 0 for rows in reports for r in rows)   # continued, not restarted
 

@@ -74,7 +74,8 @@ class RayEngine:
         param_bytes = numel * torch.finfo(core.dtype).bits // 8
         compiled = self._allreduce is None and (
             e.compiled_graph == "always" or (e.compiled_graph == "auto" and param_bytes <= INLINE_PARAMS_BYTES))
-        self._compiled: Optional[CompiledGraphs] = CompiledGraphs(e.shard_timeout_s, e.placement_timeout_s) if compiled else None
+        self._compiled: Optional[CompiledGraphs] = (
+            CompiledGraphs(e.shard_timeout_s, e.placement_timeout_s) if compiled else None)
 
     # -- what the engine is and did --------------------------------------------
     @property

@@ -13,9 +13,8 @@ the pool waits for it before a worker takes shards, and its warm-up (``warm_up``
 discarded task gradient) pays torch's first-call setup (about 1 s for conv4) there, so a
 replacement's first shard is as fast as any other (the shard timeout measures work, not
 start-up) and an error in the user's task or model code reaches the driver as itself,
-not as a failed actor creation. Workers
-hold no state the learner needs: any of them can be killed and replaced between or
-during steps.
+not as a failed actor creation. Workers hold no state the learner needs: any of them
+can be killed and replaced between or during steps.
 """
 from __future__ import annotations
 
