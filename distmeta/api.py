@@ -14,7 +14,7 @@ from typing import Optional, Union
 
 import torch
 
-from distmeta.config import from_dict
+from distmeta.config import from_dict, without_removed_fields
 from distmeta.engine.run_dir import CheckpointError, load_run_checkpoint
 
 
@@ -54,7 +54,7 @@ def load(path: Union[str, Path], device: str = "cpu", checkpoint: str = "final")
     from distmeta.registry import ALGORITHMS
 
     ckpt, _ = load_run_checkpoint(path, checkpoint)
-    cfg = from_dict(ckpt["config"])
+    cfg = from_dict(without_removed_fields(ckpt["config"], str(path)))
     if cfg.rl is not None:
         raise CheckpointError(f"{path}: a Meta-RL run; evaluate it with distmeta eval")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
+from pathlib import Path
 from typing import List, Optional
 
 # Before torch loads (libgomp reads it once): OpenMP threads that sleep instead of spinning
@@ -35,7 +37,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def warning_line(message, category, filename, lineno, line=None) -> str:
+    """distmeta's own warnings as one ``distmeta: warning:`` line; others in Python's format."""
+    if category is UserWarning and Path(filename).resolve().is_relative_to(PACKAGE_DIR):
+        return f"distmeta: warning: {message}\n"
+    return python_warning_format(message, category, filename, lineno, line)
+
+
+python_warning_format = warnings.formatwarning
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    warnings.formatwarning = warning_line
+    try:
+        return run_command(argv)
+    finally:
+        warnings.formatwarning = python_warning_format
+
+
+def run_command(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

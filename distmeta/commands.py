@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from distmeta.config import apply_overrides, from_dict, load_config_dict, set_field
+from distmeta.config import apply_overrides, from_dict, load_config_dict, set_field, without_removed_fields
 
 
 def register(sub) -> None:
@@ -77,7 +77,7 @@ def cmd_train(args) -> int:
     if args.config:
         data = load_config_dict(args.config, args.overrides)
     elif args.resume and args.resume != "auto":
-        data = apply_overrides(RunDir.read_config(args.resume), args.overrides)
+        data = apply_overrides(without_removed_fields(RunDir.read_config(args.resume), args.resume), args.overrides)
     else:
         raise DistmetaError("train: give a CONFIG (or --resume RUN_DIR)")
     cfg = from_dict(data)
@@ -128,7 +128,7 @@ def evaluate_run(run: str, episodes=None, ways=None, shots=None, queries=None, i
     if omniglot_runs:
         return evaluate_oneshot_runs(run, omniglot_runs, inner_steps, checkpoint, tta)
     state, which = load_run_checkpoint(run, checkpoint)
-    data = state["config"]
+    data = without_removed_fields(state["config"], str(run))
     if data_root:
         data = apply_overrides(data, [f"data.root={json.dumps(data_root)}"])
     cfg = from_dict(data)

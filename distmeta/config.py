@@ -94,11 +94,18 @@ def algorithm_config(data: Any) -> AlgorithmConfig:
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"algorithm: expected a mapping, got {data!r}")
-    name = data.get("name", AlgorithmConfig.model_fields["name"].default)
+    name = data.get("name", DEFAULT_ALGORITHM)
     if name not in ALGORITHMS:
         raise ConfigError(f"algorithm.name: {name!r} is not one of {ALGORITHMS.names()}")
-    model = getattr(ALGORITHMS.get(name), "config_class", AlgorithmConfig)
-    return parse(model, data, "algorithm")
+    return parse(algorithm_model(name), data, "algorithm")
+
+
+DEFAULT_ALGORITHM = AlgorithmConfig.model_fields["name"].default
+
+
+def algorithm_model(name: str) -> type:
+    """The config model a registered algorithm declares (its ``config_class``)."""
+    return getattr(ALGORITHMS.get(name), "config_class", AlgorithmConfig)
 
 
 def from_dict(data: Dict[str, Any]) -> ExperimentConfig:
@@ -117,6 +124,50 @@ def from_dict(data: Dict[str, Any]) -> ExperimentConfig:
 
 def load_config(path: Union[str, Path], overrides: Optional[List[str]] = None) -> ExperimentConfig:
     return from_dict(load_config_dict(path, overrides))
+
+
+def fields_not_in_schema(data: Dict[str, Any]) -> List[tuple]:
+    """The locations (key tuples) of the fields in a config mapping that this distmeta's
+    schema does not have, found in one validation pass; other problems are left to
+    :func:`from_dict`."""
+    from pydantic import ValidationError
+
+    def extra(model, section) -> List[tuple]:
+        try:
+            model.model_validate(section)
+        except ValidationError as exc:
+            return [tuple(e["loc"]) for e in exc.errors(include_url=False) if e["type"] == "extra_forbidden"]
+        return []
+
+    found = extra(ExperimentConfig, {k: v for k, v in data.items() if k != "algorithm"})
+    algorithm = data.get("algorithm")
+    name = algorithm.get("name", DEFAULT_ALGORITHM) if isinstance(algorithm, dict) else None
+    if isinstance(name, str) and name in ALGORITHMS:
+        found += [("algorithm",) + loc for loc in extra(algorithm_model(name), algorithm)]
+    return found
+
+
+def without_removed_fields(data: Dict[str, Any], where: str, warn: bool = True) -> Dict[str, Any]:
+    """A saved config (a run folder's ``config.yaml``, a checkpoint's config) as this distmeta
+    reads it: a copy without the fields its schema no longer has, with one warning naming them.
+    A saved run stays loadable after an upgrade; a dropped field that changed the model shows up
+    as parameters that do not fit it. User input is never read this way: there an unknown field
+    is an error (:func:`from_dict`)."""
+    import warnings
+
+    data = copy.deepcopy(data)
+    dropped = []
+    for loc in fields_not_in_schema(data):
+        node = data
+        for part in loc[:-1]:   # skips what is not a key, such as a union member's tag
+            node = node[part] if isinstance(node, dict) and part in node else node
+        if isinstance(node, dict) and loc[-1] in node:
+            del node[loc[-1]]
+            dropped.append(".".join(str(p) for p in loc))
+    if dropped and warn:
+        warnings.warn(f"{where}: written by a distmeta whose config had fields this version does not; "
+                      f"ignoring {', '.join(dropped)}", stacklevel=2)
+    return data
 
 
 def set_field(cfg: ExperimentConfig, dotted: str, value: Any) -> None:

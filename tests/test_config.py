@@ -218,6 +218,55 @@ def test_resume_a_checkpoint_written_before_a_field_existed(tiny_run, tmp_path):
     assert distmeta.train(sinusoid(), resume=run, steps=6, progress=False).step == 6
 
 
+def test_a_run_with_fields_distmeta_no_longer_has_loads_evaluates_and_resumes(tiny_run, tmp_path, capsys):
+    """A saved config's fields that this version's schema lacks (a removed option, in a section,
+    in the algorithm's own section, a whole section) are dropped with one warning naming them;
+    the same fields in a user's config or ``--set`` stay errors."""
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run, run)
+
+    def add_removed_fields(config):
+        config["model"]["old_knob"] = 3
+        config["algorithm"]["old_trick"] = True
+        config["legacy"] = {"a": 1}
+        return config
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump(add_removed_fields(saved)))
+    for path in (run / "checkpoints").glob("*.pt"):
+        ckpt = torch.load(path, weights_only=True)
+        add_removed_fields(ckpt["config"])
+        torch.save(ckpt, path)
+    removed = "model.old_knob, legacy, algorithm.old_trick"
+
+    with pytest.warns(UserWarning, match=f"ignoring {removed}"):
+        model = distmeta.load(run)
+    reference = distmeta.load(tiny_run)
+    assert model.config == reference.config
+    for name, value in reference.params.items():
+        assert torch.equal(model.params[name], value), name
+
+    assert cli.main(["eval", str(tiny_run), "--json"]) == 0
+    expected = capsys.readouterr().out
+    with pytest.warns(UserWarning) as warned:
+        assert cli.main(["eval", str(run), "--json"]) == 0
+    assert capsys.readouterr().out == expected
+    [w] = warned   # outside pytest, the command prints it on stderr as this line:
+    assert cli.warning_line(w.message, w.category, w.filename, w.lineno) == \
+        f"distmeta: warning: {run}: written by a distmeta whose config had fields this version does not; " \
+        f"ignoring {removed}\n"
+
+    with pytest.warns(UserWarning, match=f"ignoring {removed}"):
+        assert cli.main(["train", "--resume", str(run), "--steps", "4", "--no-progress", "--set", "model.typo=1"]) == 2
+    assert "model.typo: unknown field" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match=f"ignoring {removed}"):
+        assert cli.main(["train", "--resume", str(run), "--steps", "4", "--no-progress"]) == 0
+    assert "old_knob" not in (run / "config.yaml").read_text()   # the resumed run is this version's
+    with pytest.raises(ConfigError) as info:
+        from_dict(sinusoid(model={"old_knob": 3}))
+    one_line_error(info, "model.old_knob: unknown field")
+
+
 def test_resume_allows_resumable_fields(tiny_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(tiny_run, run)

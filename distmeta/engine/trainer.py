@@ -12,7 +12,6 @@ a non-finite loss or score stops the run, leaving the last good checkpoint.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
-from distmeta.config import ConfigError, ExperimentConfig, from_dict, load_config
+from distmeta.config import ConfigError, ExperimentConfig, from_dict, load_config, without_removed_fields
 from distmeta.engine.run_dir import CheckpointError, MetricsLogger, RunDir, load_checkpoint
 from distmeta.engine.tracking import make_tracker
 from distmeta.errors import DistmetaError, NonFiniteError
@@ -67,11 +66,12 @@ def _flat_items(d: Dict[str, Any], prefix: str = ""):
 def check_compatible(saved: Dict[str, Any], current: Dict[str, Any]) -> None:
     """Raise CheckpointError naming the first field that makes a checkpoint belong to another experiment.
     A field the checkpoint's config lacks (one added to distmeta since it was written) counts as
-    having its default, so a new option left at its default does not orphan older runs."""
+    having its default, and one this distmeta no longer has is ignored, so an upgrade does not
+    orphan older runs."""
     try:
-        saved = from_dict(copy.deepcopy(saved)).to_dict()
+        saved = from_dict(without_removed_fields(saved, "checkpoint", warn=False)).to_dict()
     except ConfigError:
-        pass  # e.g. a field distmeta no longer has: compared as written, so the loop below names it
+        pass  # compared as written, so the loop below names the field
     a, b = dict(_flat_items(saved)), dict(_flat_items(current))
     for key in sorted(set(a) | set(b)):
         if any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS):
@@ -138,7 +138,9 @@ def _resolve_resume(resume, out, config) -> tuple:
         if out is not None and resume == out:   # --resume auto on a run that never checkpointed
             return None, config, None
         raise CheckpointError(f"{resume}: no checkpoint to resume from")
-    return run, (config if config is not None else run.config_dict()), load_checkpoint(run.path)
+    if config is None:
+        config = without_removed_fields(run.config_dict(), run.location)
+    return run, config, load_checkpoint(run.path)
 
 
 def train(config=None, out=None, steps: Optional[int] = None, resume=None, progress: Optional[bool] = None,
