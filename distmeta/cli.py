@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+python_warning_format = warnings.formatwarning
 
 
 def warning_line(message, category, filename, lineno, line=None) -> str:
@@ -45,9 +46,6 @@ def warning_line(message, category, filename, lineno, line=None) -> str:
     if category is UserWarning and Path(filename).resolve().is_relative_to(PACKAGE_DIR):
         return f"distmeta: warning: {message}\n"
     return python_warning_format(message, category, filename, lineno, line)
-
-
-python_warning_format = warnings.formatwarning
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -89,6 +89,9 @@ def load_config_dict(path: Union[str, Path], overrides: Optional[List[str]] = No
 
 
 # --------------------------------------------------------------------------- parsing
+DEFAULT_ALGORITHM = AlgorithmConfig.model_fields["name"].default
+
+
 def algorithm_config(data: Any) -> AlgorithmConfig:
     """The ``algorithm`` section, parsed by the config model its algorithm registered."""
     data = {} if data is None else data
@@ -98,9 +101,6 @@ def algorithm_config(data: Any) -> AlgorithmConfig:
     if name not in ALGORITHMS:
         raise ConfigError(f"algorithm.name: {name!r} is not one of {ALGORITHMS.names()}")
     return parse(algorithm_model(name), data, "algorithm")
-
-
-DEFAULT_ALGORITHM = AlgorithmConfig.model_fields["name"].default
 
 
 def algorithm_model(name: str) -> type:

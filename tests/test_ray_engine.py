@@ -540,6 +540,7 @@ def test_an_error_in_user_code_at_warm_up_fails_the_run_as_itself(ray_session, t
             "model": {"name": "mlp", "hidden": [4]}, "algorithm": {"name": "maml", "inner_lr": 0.1},
             "optim": {"meta_batch": 4, "steps": 2}, "eval": {"every": 1000, "episodes": 2, "final_episodes": 2},
             "engine": {"dtype": "float64", "workers": 2}}
+
     def all_cpus_free_within(seconds):   # Ray releases a closed pool's CPUs asynchronously
         total, deadline = ray_session.cluster_resources()["CPU"], time.monotonic() + seconds
         while ray_session.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
