@@ -88,7 +88,9 @@ def test_eager_task_gradient_is_second_order_and_matches_unrolled_autograd():
     assert max(float((grads[n] - g_fo[n]).abs().max()) for n in names) > 1e-6
 
 
-def test_fused_batch_norm_equals_composite_to_second_order():
+def test_fused_batch_norm_equals_composite_to_third_order():
+    """The fused kernels with distmeta's own double backward (``_TaskBatchNormGradient``)
+    against the plain-tensor-op form, every upstream term (x, gamma, beta) in play."""
     torch.manual_seed(1)
     bn = TaskBatchNorm2d(3).double()
     with torch.no_grad():
@@ -99,15 +101,27 @@ def test_fused_batch_norm_equals_composite_to_second_order():
 
     def derivatives():
         y = bn(x)
-        gx, gw = torch.autograd.grad((y * w).sin().sum(), [x, bn.weight], create_graph=True)
-        hx = torch.autograd.grad((gx ** 2).sum() + gw.sum(), [x, bn.weight, bn.bias])
-        return [y, gx, gw, *hx]
+        gx, gw, gb = torch.autograd.grad((y * w).sin().sum(), [x, bn.weight, bn.bias], create_graph=True)
+        hx = torch.autograd.grad((gx ** 2).sum() + (gw * gb).sum() + gw.sum() + (gb ** 2).sum(),
+                                 [x, bn.weight, bn.bias], create_graph=True)
+        third = torch.autograd.grad((hx[0] ** 3).sum() + (hx[1] ** 2).sum(), [x, bn.weight])
+        return [y, gx, gw, gb, *hx, *third]
 
+    assert type(bn(x).grad_fn).__name__ == "_TaskBatchNormBackward"   # the fused path is taken
     fused = derivatives()
     with composite_ops():
+        assert type(bn(x).grad_fn).__name__ != "_TaskBatchNormBackward"
         composite = derivatives()
     for a, b in zip(fused, composite):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # only some upstream terms (the others None): x alone, then gamma and beta alone
+    gx, gw, gb = torch.autograd.grad(bn(x).pow(3).sum(), [x, bn.weight, bn.bias], create_graph=True)
+    with composite_ops():
+        cx, cw, cb = torch.autograd.grad(bn(x).pow(3).sum(), [x, bn.weight, bn.bias], create_graph=True)
+    for fused_out, composite_out in (((gx * w).sum(), (cx * w).sum()), ((gw * gb).sum(), (cw * cb).sum())):
+        for a, b in zip(torch.autograd.grad(fused_out, [x, bn.weight], retain_graph=True),
+                        torch.autograd.grad(composite_out, [x, bn.weight], retain_graph=True)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     f = lambda t, g, b: bn.__class__.forward(bn, t)  # noqa: E731
     assert torch.autograd.gradgradcheck(f, (x, bn.weight, bn.bias))
     # one value per channel (1 image, 1x1): the composite form (the fused kernel refuses it)
