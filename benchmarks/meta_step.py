@@ -15,8 +15,9 @@ distmeta (``distmeta.engine.core.meta_batch_gradient``):
              form, ``distmeta.models.layers.composite_ops``, and conv4's ReLU before its
              max-pool): the same function of the parameters, the old cost
 - ``loop_stock``: ``loop`` on the same network built from torch's stock layers
-             (``nn.Conv2d``, ``nn.MaxPool2d``, ReLU then pool) instead of
-             ``distmeta.models.layers``' CPU paths: what those layers buy
+             (``nn.Conv2d``, ``nn.BatchNorm2d`` without running statistics,
+             ``nn.MaxPool2d``, ReLU then pool) instead of ``distmeta.models.layers``' CPU
+             paths: what those layers buy
 baselines, on the same network and episodes:
 - ``l2l``:   a learn2learn-style loop written here: per task, clone the ``nn.Module``
              (parameters as differentiable copies), adapt it with
@@ -82,7 +83,7 @@ from distmeta.algorithms.maml import MAML  # noqa: E402
 from distmeta.algorithms.maml import MAMLConfig  # noqa: E402
 from distmeta.engine.core import meta_batch_gradient, resolve_executor  # noqa: E402
 from distmeta.models.backbones import MLP, Conv4  # noqa: E402
-from distmeta.models.layers import composite_ops  # noqa: E402
+from distmeta.models.layers import TaskBatchNorm2d, composite_ops  # noqa: E402
 from distmeta.models.network import Network  # noqa: E402
 
 DISTMETA = ("loop", "vmap", "func", "old_loop", "loop_stock")
@@ -221,7 +222,8 @@ def old_network(model):
 def stock_network(model):
     """The same network (parameters, names, function) from torch's stock layers: each
     ``layers.Conv2d`` an ``nn.Conv2d``, each ``layers.MaxPool2d`` an ``nn.MaxPool2d`` after its
-    ReLU. The batch norm stays ``TaskBatchNorm2d`` (torch's fused kernel, as in ``nn.BatchNorm2d``)."""
+    ReLU, each ``TaskBatchNorm2d`` an ``nn.BatchNorm2d(track_running_stats=False)`` (always the
+    batch's statistics: the same function, with torch's own double backward)."""
     stock = old_network(model)
     for module in list(stock.modules()):
         for name, child in list(module.named_children()):
@@ -233,6 +235,11 @@ def stock_network(model):
                 setattr(module, name, plain)
             elif isinstance(child, torch.nn.MaxPool2d) and type(child) is not torch.nn.MaxPool2d:
                 setattr(module, name, torch.nn.MaxPool2d(child.kernel_size, child.stride, child.padding))
+            elif isinstance(child, TaskBatchNorm2d):
+                plain = torch.nn.BatchNorm2d(child.weight.numel(), eps=child.eps,
+                                             track_running_stats=False).to(child.weight)
+                plain.load_state_dict(child.state_dict())
+                setattr(module, name, plain)
     return stock
 
 
