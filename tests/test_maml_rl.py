@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import threading
 import time
 
 import gymnasium as gym
@@ -165,7 +164,7 @@ def test_config_builder_trains_one_iteration(ray_session):
         algo.stop()
 
 
-# 1 vs 2 runners and the fault test: a sampling call long enough (~0.2 s) to be killed in
+# 1 vs 2 runners and the fault test: longer episodes, so a shard is more than one lock-step batch
 FAULT = dict(horizon=100, episodes_per_task=10)
 
 
@@ -197,26 +196,37 @@ def test_sigkilled_env_runner_is_restarted_and_its_shard_resampled(one_runner_pa
     """SIGKILL one of two EnvRunners while an iteration samples: RLlib drops its result, the
     Algorithm sees the missing task indices, restores the runners and samples the shard again;
     the run ends with the fault-free parameters and the runner comes back as a new process."""
+    def arm_sigkill(runner):
+        """In this runner's process, its next shard's sampling call kills the process (a fixed
+        point inside the call, whatever the machine's speed); a restarted runner is unarmed."""
+        from distmeta.rl import maml_rl
+
+        def killed(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        maml_rl.sample_tasks = killed
+        return os.getpid()
+
     algo = _config(runners=2, **FAULT).build_algo()
     try:
         algo.train()
         algo.train()
-        pids = algo.env_runner_group.foreach_env_runner(lambda r: os.getpid(), local_env_runner=False)
+        group = algo.env_runner_group
+        pids = group.foreach_env_runner(lambda r: os.getpid(), local_env_runner=False)
         assert len(pids) == 2
-        killer = threading.Timer(0.08, os.kill, (pids[0], signal.SIGKILL))  # while its shard samples
-        killer.start()
+        armed = group.foreach_env_runner(arm_sigkill, remote_worker_ids=group.healthy_env_runner_ids()[:1],
+                                         local_env_runner=False)
+        assert len(armed) == 1 and armed[0] in pids
         algo.train()
-        killer.join()
+        assert algo.train()["resampled_tasks_lifetime"] >= 1   # the killed shard was sampled again
         algo.train()
-        result = algo.train()
-        assert result["resampled_tasks_lifetime"] >= 1
         torch.testing.assert_close(_flat(algo), one_runner_params, rtol=0, atol=1e-5)
         group, deadline = algo.env_runner_group, time.time() + 90
         while group.num_healthy_remote_env_runners() < 2 and time.time() < deadline:
             algo.restore_env_runners(group)
             time.sleep(0.5)
         now = algo.env_runner_group.foreach_env_runner(lambda r: os.getpid(), local_env_runner=False)
-        assert len(now) == 2 and pids[0] not in now
+        assert len(now) == 2 and armed[0] not in now
     finally:
         algo.stop()
 

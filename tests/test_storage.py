@@ -133,7 +133,10 @@ def test_out_on_an_existing_bucket_run_is_refused(s3, tmp_path, capsys):
     assert "a run folder already exists there" in capsys.readouterr().err
 
 
-TUNE = {**SIN, "name": "s3tune", "optim": {**SIN["optim"], "steps": 300},
+# 600 steps, a report (and a checkpoint) every 20: after the first checkpoint a trial still has
+# 29 reports to make, so the kill lands while it runs, also on a fast machine (at 300 steps, one
+# CI run on a 2.5x faster machine resumed with no trial continuing from a checkpoint)
+TUNE = {**SIN, "name": "s3tune", "optim": {**SIN["optim"], "steps": 600},
         "eval": {"every": 20, "episodes": 4, "final_episodes": 4}, "checkpoint": {"every": 1000},
         "engine": {"workers": 0, "learner_num_cpus": 0.5},
         "tune": {"space": {"optim.lr": {"grid": [0.001, 0.002]}}, "metric": "mse", "mode": "min",
@@ -185,10 +188,10 @@ def test_tune_search_writes_to_the_bucket_and_resumes_there(s3, tmp_path):
     summary = json.loads(remote.read_bytes("summary.json"))
     assert len(summary["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in summary["trials"])
     best = summary["best"]["path"]
-    assert best.startswith(uri) and load_checkpoint(best)["step"] == 300
+    assert best.startswith(uri) and load_checkpoint(best)["step"] == 600
     reports = [[json.loads(line) for line in remote.read_bytes(f"{trial['relative_logdir']}/result.json").splitlines()
                 if line.strip()] for trial, _ in list(snapshots())[-1]]
-    assert all(max(r["step"] for r in rows) == 300 for rows in reports)
+    assert all(max(r["step"] for r in rows) == 600 for rows in reports)
     assert any(r["restored_step"] > 0 for rows in reports for r in rows)   # continued, not restarted
 
 
