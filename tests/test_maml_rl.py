@@ -221,11 +221,11 @@ def test_sigkilled_env_runner_is_restarted_and_its_shard_resampled(one_runner_pa
         assert algo.train()["resampled_tasks_lifetime"] >= 1   # the killed shard was sampled again
         algo.train()
         torch.testing.assert_close(_flat(algo), one_runner_params, rtol=0, atol=1e-5)
-        group, deadline = algo.env_runner_group, time.time() + 90
+        deadline = time.time() + 90
         while group.num_healthy_remote_env_runners() < 2 and time.time() < deadline:
             algo.restore_env_runners(group)
             time.sleep(0.5)
-        now = algo.env_runner_group.foreach_env_runner(lambda r: os.getpid(), local_env_runner=False)
+        now = group.foreach_env_runner(lambda r: os.getpid(), local_env_runner=False)
         assert len(now) == 2 and armed[0] not in now
     finally:
         algo.stop()

@@ -11,8 +11,9 @@ Two implementations of the same function:
   inner step and layer, is distmeta's own (``_TaskBatchNormGradient``): about 11
   passes over the activations where torch's generic formula makes about three times
   as many (1.2 against 3.4-4.3 ms for a 5 x 64 x 28 x 28 batch's second backward on
-  one thread); a 5-step conv4 meta-step takes 0.94x the time. Forward, backward, double and third derivatives equal
-  the composite form's (``tests/test_meta_gradients.py``, ``gradgradcheck`` included),
+  one thread); a 5-step conv4 meta-step takes 0.92-0.94x the time. Forward,
+  backward, double and third derivatives equal the composite form's
+  (``tests/test_meta_gradients.py``, ``gradgradcheck`` included),
   and on one CPU thread a conv4 meta-step with the fused kernels takes 0.6-0.8x the
   time: the composite form makes several passes over the 64 x 28 x 28 activations
   forward and more backward, about half of the old meta-step's time;
@@ -219,10 +220,10 @@ class _TaskBatchNormGradient(torch.autograd.Function):
         mean, invstd, eps = ctx.stats
         dims, shape, m = _channel_layout(x)
         if torch.is_grad_enabled():   # differentiable in every input, statistics included
-            mean = x.mean(dims)
-            invstd = ((x - mean.view(shape)) ** 2).mean(dims).add(eps).rsqrt()
+            centered = x - x.mean(dims).view(shape)
+            invstd = (centered ** 2).mean(dims).add(eps).rsqrt()
             sum_g = g.sum(dims)
-            x_hat = (x - mean.view(shape)) * invstd.view(shape)
+            x_hat = centered * invstd.view(shape)
             sum_g_xhat = (g * x_hat).sum(dims)
         else:
             x_hat = torch.addcmul((-mean * invstd).view(shape), x, invstd.view(shape))
